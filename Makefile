@@ -1,0 +1,24 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both provision libtorch first.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+# tch's build finds libtorch through the virtualenv's python; build.rs turns its lib dir into an rpath.
+export LIBTORCH_USE_PYTORCH := 1
+export PATH := $(VENV)/bin:$(PATH)
+export VAE_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
+
+.PHONY: setup build run test openapi fmt
+
+setup:
+	@scripts/setup-libtorch.sh
+
+build: setup
+	cargo build --release --locked
+
+run: build
+	./target/release/vae-serve serve
+
+test: setup
+	cargo test --locked -- --test-threads=2
+
+openapi: build
+	./target/release/vae-serve openapi > openapi/openapi.json

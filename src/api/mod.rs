@@ -1,0 +1,122 @@
+//! HTTP layer: routes, middleware and the OpenAPI document. Handlers stay thin: they parse, call
+//! a lower layer and map its answer; torch code lives elsewhere.
+
+pub mod health;
+pub mod inference;
+pub mod problem;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderName, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::config::ServeArgs;
+use crate::inference::ModelHost;
+use crate::runtime::TorchRuntime;
+use crate::storage::Database;
+use crate::telemetry::Metrics;
+use problem::problem_response;
+
+/// Everything handlers reach; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub storage: Database,
+    pub models: ModelHost,
+    pub metrics: Arc<Metrics>,
+    pub runtime: Arc<TorchRuntime>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "vae-serve", description = "Train variational autoencoders in a background job queue and serve them: sampling, reconstruction, classification."),
+    paths(health::healthz, health::readyz, health::metrics, inference::sample),
+    components(schemas(problem::Problem, health::Health, health::Readiness)),
+    tags(
+        (name = "operations", description = "Liveness, readiness and metrics"),
+        (name = "inference", description = "Sampling from trained models"),
+    ),
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as served at /openapi.json and committed in openapi/openapi.json.
+pub fn openapi_json() -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc.to_pretty_json().expect("OpenAPI document serialises") + "\n"
+}
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The full application: routes plus middleware, outermost first in reading order below.
+pub fn router(state: AppState, config: &ServeArgs) -> Router {
+    let doc: utoipa::openapi::OpenApi = serde_json::from_str(&openapi_json()).expect("generated document parses");
+    let routes = Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/sample", get(inference::sample))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .with_state(state);
+
+    routes
+        .layer(middleware::map_response(problem::problem_for_bare_errors))
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
+        .layer(CompressionLayer::new())
+        .layer(cors_layer(&config.cors_origins))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let request_id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).unwrap_or("-");
+            tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %request_id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+fn cors_layer(origins: &[String]) -> CorsLayer {
+    let origins: Vec<_> = origins.iter().map(|o| o.trim()).filter(|o| !o.is_empty()).collect();
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.contains(&"*") {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    CorsLayer::new().allow_origin(allow).allow_methods(Any).allow_headers(Any).expose_headers([REQUEST_ID])
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    problem_response(StatusCode::NOT_FOUND, format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
+    problem_response(StatusCode::METHOD_NOT_ALLOWED, format!("{method} is not allowed on {}", uri.path()))
+}
+
+/// Counts and times every request under its route template (not the raw path, to bound cardinality).
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> impl IntoResponse {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    state.metrics.http_requests.with_label_values(&[&method, &route, &status]).inc();
+    state.metrics.http_duration.with_label_values(&[&method, &route]).observe(started.elapsed().as_secs_f64());
+    response
+}

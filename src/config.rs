@@ -1,0 +1,96 @@
+//! Command line and environment configuration: every setting is a flag and an env var.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::runtime::DeviceRequest;
+
+#[derive(Debug, Parser)]
+#[command(name = "vae-serve", version, about = "Train variational autoencoders and serve them over HTTP")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings shared by every subcommand.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Compute device: auto, cpu, cuda or cuda:N.
+    #[arg(long, env = "VAE_DEVICE", default_value = "auto", global = true)]
+    pub device: DeviceRequest,
+    /// Torch intra-op CPU threads (0: one per core).
+    #[arg(long, env = "VAE_THREADS", default_value_t = 0, global = true)]
+    pub threads: usize,
+    /// Log line format.
+    #[arg(long, env = "VAE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// Where datasets are looked up by name (`$VAE_DATA_DIR/<name>`).
+    #[arg(long, env = "VAE_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Print the OpenAPI document generated from the code.
+    Openapi,
+    /// Train a model and save it as a model directory.
+    Train(crate::training::cli::TrainArgs),
+    /// Evaluate a saved model on a dataset's test split.
+    Eval(crate::training::cli::EvalArgs),
+    /// Draw samples from a saved model into a PNG grid.
+    Sample(crate::training::cli::SampleArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port; the log says which).
+    #[arg(long, env = "VAE_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Directory holding model directories (`<name>/v<N>/`).
+    #[arg(long, env = "VAE_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+    /// SQLite database file (created if missing).
+    #[arg(long, env = "VAE_DATABASE", default_value = "./data/vae-serve.db")]
+    pub database: PathBuf,
+    /// Model served by the top-level endpoints: `name` (latest version) or `name@N`.
+    #[arg(long, env = "VAE_DEFAULT_MODEL", default_value = "mnist-ssvae")]
+    pub default_model: String,
+    /// Bearer token required for state-changing requests (unset: mutations are open).
+    #[arg(long, env = "VAE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "VAE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Comma-separated allowed CORS origins (`*` for any; empty: no CORS headers).
+    #[arg(long, env = "VAE_CORS_ORIGINS", value_delimiter = ',', default_value = "")]
+    pub cors_origins: Vec<String>,
+    /// Per-request time limit in seconds (408 past it).
+    #[arg(long, env = "VAE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// How long shutdown waits for in-flight requests, in seconds.
+    #[arg(long, env = "VAE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+}

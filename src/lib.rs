@@ -1,0 +1,16 @@
+//! vae-serve: train variational autoencoders in a background job queue and serve them.
+//!
+//! Layers, bottom up: `data` → `models` → `training` → `inference` → `api` (HTTP), with
+//! `storage` (SQLite) beside them and `server` wiring them together.
+
+pub mod api;
+pub mod config;
+pub mod data;
+pub mod inference;
+pub mod models;
+pub mod render;
+pub mod runtime;
+pub mod server;
+pub mod storage;
+pub mod telemetry;
+pub mod training;

@@ -1,0 +1,36 @@
+use clap::Parser;
+
+use vae_serve::config::{Cli, Command};
+use vae_serve::runtime::TorchRuntime;
+use vae_serve::training::cli as train_cli;
+use vae_serve::{api, server, telemetry};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.global.log_format);
+    match cli.command {
+        Command::Openapi => {
+            print!("{}", api::openapi_json());
+            Ok(())
+        }
+        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::serve(cli.global, args)),
+        Command::Train(args) => {
+            let runtime = init_torch(&cli.global)?;
+            train_cli::run_train(&cli.global, &runtime, &args)
+        }
+        Command::Eval(args) => {
+            let runtime = init_torch(&cli.global)?;
+            train_cli::run_eval(&cli.global, &runtime, &args)
+        }
+        Command::Sample(args) => {
+            let runtime = init_torch(&cli.global)?;
+            train_cli::run_sample(&runtime, &args)
+        }
+    }
+}
+
+fn init_torch(global: &vae_serve::config::GlobalArgs) -> anyhow::Result<TorchRuntime> {
+    let runtime = TorchRuntime::init(global.device, global.threads)?;
+    runtime.log();
+    Ok(runtime)
+}

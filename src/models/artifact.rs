@@ -1,0 +1,137 @@
+//! A model on disk: a directory with `model.safetensors` and `manifest.json`. Model directories
+//! live at `<models_dir>/<name>/v<N>/` and are published atomically (temporary directory,
+//! fsync, rename), so a crash never leaves a half-written model visible.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::{build, LoadedModel, ModelConfig, ModelError};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const MANIFEST_FILE: &str = "manifest.json";
+
+/// Everything known about a saved model besides its weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    pub config: ModelConfig,
+    /// Dataset the model was trained on (name or path as given).
+    pub dataset: String,
+    /// The training options used, as given to the trainer.
+    pub training: serde_json::Value,
+    /// Final metrics (test ELBO, accuracy, …).
+    pub metrics: BTreeMap<String, f64>,
+    pub torch_version: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+fn artifact_error(path: &Path, why: impl ToString) -> ModelError {
+    ModelError::Artifact { path: path.display().to_string(), why: why.to_string() }
+}
+
+/// Writes the weights and manifest into `dir` (created if needed), fsyncing both.
+pub fn write(dir: &Path, loaded: &LoadedModel, manifest: &Manifest) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|e| artifact_error(dir, e))?;
+    let named: Vec<(String, Tensor)> = loaded.vars.variables().into_iter().collect();
+    let weights = dir.join(WEIGHTS_FILE);
+    Tensor::write_safetensors(&named, &weights)?;
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let json = serde_json::to_vec_pretty(manifest).map_err(|e| artifact_error(dir, e))?;
+    std::fs::write(&manifest_path, json).map_err(|e| artifact_error(&manifest_path, e))?;
+    for file in [&weights, &manifest_path] {
+        File::open(file).and_then(|f| f.sync_all()).map_err(|e| artifact_error(file, e))?;
+    }
+    Ok(())
+}
+
+pub fn read_manifest(dir: &Path) -> Result<Manifest, ModelError> {
+    let path = dir.join(MANIFEST_FILE);
+    let bytes = std::fs::read(&path).map_err(|e| artifact_error(&path, e))?;
+    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| artifact_error(&path, format!("invalid manifest: {e}")))?;
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(artifact_error(&path, format!("format version {} is not supported (expected {FORMAT_VERSION})", manifest.format_version)));
+    }
+    manifest.config.validate()?;
+    Ok(manifest)
+}
+
+/// Loads a model directory onto `device`, checking every tensor's name and shape against the
+/// layers the manifest describes.
+pub fn load(dir: &Path, device: Device) -> Result<(Manifest, LoadedModel), ModelError> {
+    let manifest = read_manifest(dir)?;
+    let mut loaded = build(&manifest.config, device)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let stored: BTreeMap<String, Tensor> = Tensor::read_safetensors(&weights)
+        .map_err(|e| artifact_error(&weights, e))?
+        .into_iter()
+        .collect();
+    let expected = loaded.vars.variables();
+    let mut problems = Vec::new();
+    for (name, var) in &expected {
+        match stored.get(name) {
+            None => problems.push(format!("missing tensor `{name}`")),
+            Some(t) if t.size() != var.size() => problems.push(format!("`{name}` has shape {:?}, the manifest's layers need {:?}", t.size(), var.size())),
+            Some(_) => {}
+        }
+    }
+    problems.extend(stored.keys().filter(|n| !expected.contains_key(*n)).map(|n| format!("unexpected tensor `{n}`")));
+    if !problems.is_empty() {
+        return Err(artifact_error(&weights, format!("weights do not match the manifest: {}", problems.join("; "))));
+    }
+    tch::no_grad(|| {
+        for (name, mut var) in expected {
+            var.copy_(&stored[&name]);
+        }
+    });
+    loaded.vars.freeze();
+    Ok((manifest, loaded))
+}
+
+/// `<models_dir>/<name>/v<N>` for each published version N, ascending.
+pub fn versions(models_dir: &Path, name: &str) -> Vec<(u32, PathBuf)> {
+    let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir(models_dir.join(name))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name().to_str()?.strip_prefix('v')?.parse().ok()?;
+            e.path().join(MANIFEST_FILE).is_file().then(|| (n, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Publishes a model as the next version of `name`; returns the version and its directory.
+pub fn publish(models_dir: &Path, loaded: &LoadedModel, manifest: &Manifest) -> Result<(u32, PathBuf), ModelError> {
+    validate_name(&manifest.name)?;
+    let family = models_dir.join(&manifest.name);
+    std::fs::create_dir_all(&family).map_err(|e| artifact_error(&family, e))?;
+    let version = versions(models_dir, &manifest.name).last().map_or(1, |(v, _)| v + 1);
+    let staging = family.join(format!(".staging-v{version}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    write(&staging, loaded, manifest)?;
+    let target = family.join(format!("v{version}"));
+    std::fs::rename(&staging, &target).map_err(|e| artifact_error(&target, e))?;
+    File::open(&family).and_then(|d| d.sync_all()).map_err(|e| artifact_error(&family, e))?;
+    Ok((version, target))
+}
+
+/// Model names become directory names: keep them to a safe alphabet.
+pub fn validate_name(name: &str) -> Result<(), ModelError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ModelError::Config(format!("model name `{name}`: use 1-64 letters, digits, '-' or '_', starting with a letter or digit")))
+    }
+}

@@ -1,0 +1,99 @@
+//! The feedforward VAE with batch normalisation at every hidden layer of encoder and decoder.
+
+use tch::{nn, nn::Module, Tensor};
+
+use super::batch_norm::{BatchNorm, BnControl};
+use super::{BatchObjective, ModelConfig, Posterior, Vae};
+
+/// Linear → BN → ReLU blocks: the hidden stack of every MLP part.
+#[derive(Debug)]
+pub struct BnMlp {
+    layers: Vec<(nn::Linear, BatchNorm)>,
+}
+
+impl BnMlp {
+    pub fn new(path: &nn::Path, input: i64, widths: &[i64], bn: &BnControl) -> Self {
+        let mut layers = Vec::with_capacity(widths.len());
+        let mut fan_in = input;
+        for (i, &width) in widths.iter().enumerate() {
+            let linear = nn::linear(path / format!("fc{i}"), fan_in, width, Default::default());
+            layers.push((linear, BatchNorm::new(path / format!("bn{i}"), width, bn)));
+            fan_in = width;
+        }
+        Self { layers }
+    }
+
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        self.layers.iter().fold(x.shallow_clone(), |h, (linear, bn)| bn.forward(&linear.forward(&h), train).relu())
+    }
+}
+
+/// MLP encoder q(z|x) and decoder p(x|z[, c]); `condition_dim` > 0 lets the semi-supervised
+/// model concatenate a label after the code layer.
+pub struct MlpVae {
+    config: ModelConfig,
+    encoder: BnMlp,
+    mean: nn::Linear,
+    log_var: nn::Linear,
+    decoder: BnMlp,
+    output: nn::Linear,
+    likelihood_log_var: Option<Tensor>,
+}
+
+impl MlpVae {
+    pub fn new(path: &nn::Path, config: ModelConfig, condition_dim: i64, bn: &BnControl) -> Self {
+        let pixels = config.image.pixels();
+        let top = *config.hidden.last().expect("validated: at least one hidden layer");
+        let encoder = BnMlp::new(&(path / "encoder"), pixels, &config.hidden, bn);
+        let mean = nn::linear(path / "encoder" / "mean", top, config.latent_dim, Default::default());
+        let log_var = nn::linear(path / "encoder" / "log_var", top, config.latent_dim, Default::default());
+        let reversed: Vec<i64> = config.hidden.iter().rev().copied().collect();
+        let decoder = BnMlp::new(&(path / "decoder"), config.latent_dim + condition_dim, &reversed, bn);
+        let output = nn::linear(path / "decoder" / "output", config.hidden[0], pixels, Default::default());
+        let likelihood_log_var = learned_log_var(path, &config);
+        Self { config, encoder, mean, log_var, decoder, output, likelihood_log_var }
+    }
+}
+
+/// The per-pixel log-variance parameter of a learned-variance Gaussian likelihood.
+pub fn learned_log_var(path: &nn::Path, config: &ModelConfig) -> Option<Tensor> {
+    match config.likelihood {
+        super::Likelihood::Gaussian { log_var, learned: true } => {
+            Some(path.var("likelihood_log_var", &config.image.dims(), nn::Init::Const(log_var)))
+        }
+        _ => None,
+    }
+}
+
+impl Vae for MlpVae {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn encode(&self, images: &Tensor, train: bool) -> Posterior {
+        let h = self.encoder.forward(&images.flatten(1, -1), train);
+        Posterior { mean: self.mean.forward(&h), log_var: self.log_var.forward(&h) }
+    }
+
+    fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+        let input = match labels {
+            Some(y) => Tensor::cat(&[z, y], 1),
+            None => z.shallow_clone(),
+        };
+        let out = self.output.forward(&self.decoder.forward(&input, train));
+        let [c, h, w] = self.config.image.dims();
+        out.view([-1, c, h, w])
+    }
+
+    fn classify(&self, _images: &Tensor, _train: bool) -> Option<Tensor> {
+        None
+    }
+
+    fn likelihood_log_var(&self) -> Option<&Tensor> {
+        self.likelihood_log_var.as_ref()
+    }
+
+    fn objective(&self, images: &Tensor, _labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+        super::objective::unsupervised(self, images, kl_weight, train)
+    }
+}

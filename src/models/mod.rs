@@ -1,0 +1,222 @@
+//! The model zoo: BN MLP-VAE, BN conv-VAE and the semi-supervised VAE, behind one trait.
+//! No HTTP here; the training engine and the inference host both use these.
+
+pub mod artifact;
+pub mod batch_norm;
+pub mod conv;
+pub mod mlp;
+pub mod objective;
+pub mod semi_supervised;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Tensor};
+
+pub use batch_norm::BnControl;
+pub use objective::{BatchObjective, Likelihood, UnlabeledObjective};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    #[error("model directory {path}: {why}")]
+    Artifact { path: String, why: String },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Channels × height × width of the images a model reads and writes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageShape {
+    pub channels: i64,
+    pub height: i64,
+    pub width: i64,
+}
+
+impl ImageShape {
+    pub const MNIST: ImageShape = ImageShape { channels: 1, height: 28, width: 28 };
+
+    pub fn pixels(&self) -> i64 {
+        self.channels * self.height * self.width
+    }
+
+    pub fn dims(&self) -> [i64; 3] {
+        [self.channels, self.height, self.width]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Architecture {
+    /// Fully connected encoder and decoder, BN at every hidden layer.
+    Mlp,
+    /// Strided convolutions down, transposed convolutions up, BN after each.
+    Conv,
+    /// M2-style: MLP VAE whose decoder sees [z, y], plus a classifier q(y|x).
+    SemiSupervised,
+}
+
+/// Everything needed to rebuild a model's layers (saved in its manifest).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub image: ImageShape,
+    pub latent_dim: i64,
+    /// Hidden widths of the MLP parts (encoder order; the decoder mirrors them).
+    pub hidden: Vec<i64>,
+    /// Channels of the conv stages (each halves height and width).
+    pub conv_channels: Vec<i64>,
+    pub likelihood: Likelihood,
+    /// Class names; their count is the label dimension of semi-supervised models.
+    pub label_names: Vec<String>,
+    /// Semi-supervised only: how unlabelled examples are scored.
+    pub unlabeled_objective: UnlabeledObjective,
+    /// Semi-supervised only: weight α of the labelled cross-entropy term.
+    pub classifier_weight: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self {
+            architecture: Architecture::Mlp,
+            image: ImageShape::MNIST,
+            latent_dim: 32,
+            hidden: vec![512, 256],
+            conv_channels: vec![32, 64],
+            likelihood: Likelihood::Bernoulli,
+            label_names: (0..10).map(|d| d.to_string()).collect(),
+            unlabeled_objective: UnlabeledObjective::Marginalize,
+            classifier_weight: 1.0,
+        }
+    }
+}
+
+impl ModelConfig {
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let fail = |why: String| Err(ModelError::Config(why));
+        if !(1..=1024).contains(&self.latent_dim) {
+            return fail(format!("latent_dim {} must be in 1..=1024", self.latent_dim));
+        }
+        if self.hidden.is_empty() || self.hidden.iter().any(|&h| !(1..=8192).contains(&h)) {
+            return fail(format!("hidden sizes {:?} must be 1..=8192 and at least one", self.hidden));
+        }
+        let ImageShape { channels, height, width } = self.image;
+        if ![1, 3].contains(&channels) || !(4..=256).contains(&height) || !(4..=256).contains(&width) {
+            return fail(format!("image shape {channels}x{height}x{width}: channels must be 1 or 3, sides 4..=256"));
+        }
+        if self.architecture == Architecture::Conv {
+            let factor = 1i64 << self.conv_channels.len();
+            if self.conv_channels.is_empty() || height % factor != 0 || width % factor != 0 {
+                return fail(format!(
+                    "conv: {} stages halve the image {} times; {height}x{width} must be divisible by {factor}",
+                    self.conv_channels.len(),
+                    self.conv_channels.len()
+                ));
+            }
+        }
+        if self.architecture == Architecture::SemiSupervised && self.label_names.len() < 2 {
+            return fail("a semi-supervised model needs at least two label names".into());
+        }
+        Ok(())
+    }
+
+    pub fn num_classes(&self) -> i64 {
+        self.label_names.len() as i64
+    }
+}
+
+/// Diagonal Gaussian q(z|x).
+pub struct Posterior {
+    pub mean: Tensor,
+    pub log_var: Tensor,
+}
+
+impl Posterior {
+    /// z = μ + σ·ε, the reparameterised sample.
+    pub fn sample(&self) -> Tensor {
+        &self.mean + (&self.log_var * 0.5).exp() * self.mean.randn_like()
+    }
+}
+
+/// What every model offers. `train` selects batch statistics (training) or population
+/// statistics (inference) in batch norm.
+pub trait Vae: Send {
+    fn config(&self) -> &ModelConfig;
+    /// q(z|x) for images `[B, C, H, W]`.
+    fn encode(&self, images: &Tensor, train: bool) -> Posterior;
+    /// Likelihood parameters `[B, C, H, W]` (logits or means) for codes `[B, latent]`, with
+    /// one-hot labels `[B, K]` for models whose decoder is conditioned on them.
+    fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
+    /// Class logits q(y|x) `[B, K]`, for models with a classifier.
+    fn classify(&self, images: &Tensor, train: bool) -> Option<Tensor>;
+    /// Model-level extra parameters of the likelihood (the learned Gaussian log-variance).
+    fn likelihood_log_var(&self) -> Option<&Tensor>;
+    /// The cost of a batch; `labels[i] < 0` marks an unlabelled example (models without a
+    /// classifier ignore labels). `kl_weight` scales the KL term of the loss (warm-up).
+    fn objective(&self, images: &Tensor, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective;
+}
+
+/// A model together with the variables it lives in.
+pub struct LoadedModel {
+    pub vars: nn::VarStore,
+    pub model: Box<dyn Vae>,
+    pub bn: BnControl,
+}
+
+/// Builds the layers described by `config` in a fresh var store on `device`.
+pub fn build(config: &ModelConfig, device: tch::Device) -> Result<LoadedModel, ModelError> {
+    config.validate()?;
+    let vars = nn::VarStore::new(device);
+    let bn = BnControl::default();
+    let root = vars.root();
+    let model: Box<dyn Vae> = match config.architecture {
+        Architecture::Mlp => Box::new(mlp::MlpVae::new(&root, config.clone(), 0, &bn)),
+        Architecture::Conv => Box::new(conv::ConvVae::new(&root, config.clone(), &bn)),
+        Architecture::SemiSupervised => Box::new(semi_supervised::SemiSupervisedVae::new(&root, config.clone(), &bn)),
+    };
+    Ok(LoadedModel { vars, model, bn })
+}
+
+/// Pixel intensities in [0, 1] from likelihood parameters: the Bernoulli mean, or the clamped
+/// Gaussian mean.
+pub fn intensities(config: &ModelConfig, params: &Tensor) -> Tensor {
+    match config.likelihood {
+        Likelihood::Bernoulli => params.sigmoid(),
+        Likelihood::Gaussian { .. } => params.clamp(0.0, 1.0),
+    }
+}
+
+/// Draws `n` codes z ~ N(0, T²·I) and decodes them (with `label` clamped for models that take
+/// labels); returns the codes and the images as intensities `[n, C, H, W]`.
+pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64) -> Result<(Tensor, Tensor), ModelError> {
+    let model = &*loaded.model;
+    let config = model.config();
+    let device = loaded.vars.device();
+    let conditioned = config.architecture == Architecture::SemiSupervised;
+    if let Some(label) = label {
+        if !conditioned {
+            return Err(ModelError::Config(format!("this {:?} model has no labels to condition on", config.architecture)));
+        }
+        if !(0..config.num_classes()).contains(&label) {
+            return Err(ModelError::Config(format!("label {label} is outside 0..{}", config.num_classes())));
+        }
+    }
+    let z = Tensor::randn([n, config.latent_dim], (tch::Kind::Float, device)) * temperature;
+    let onehot = label.map(|l| Tensor::full([n], l, (tch::Kind::Int64, device)).one_hot(config.num_classes()).to_kind(tch::Kind::Float));
+    let images = intensities(config, &model.decode(&z, onehot.as_ref(), false));
+    Ok((z, images))
+}
+
+/// A label given as its index or its name (case-insensitive), checked against the model.
+pub fn resolve_label(config: &ModelConfig, given: &str) -> Result<i64, ModelError> {
+    if config.architecture != Architecture::SemiSupervised {
+        return Err(ModelError::Config(format!("this {:?} model has no labels to condition on", config.architecture)));
+    }
+    let names = &config.label_names;
+    if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(given.trim())) {
+        return Ok(i as i64);
+    }
+    match given.trim().parse::<i64>() {
+        Ok(i) if (0..names.len() as i64).contains(&i) => Ok(i),
+        _ => Err(ModelError::Config(format!("unknown label `{given}`; this model's labels are {}", names.join(", ")))),
+    }
+}

@@ -1,0 +1,107 @@
+//! The negative ELBO and its parts, shared by every model. All quantities are nats per example.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Reduction, Tensor};
+
+use super::{Posterior, Vae};
+
+const LOG_2PI: f64 = 1.837_877_066_409_345_5;
+
+/// p(x|z): how pixels are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Likelihood {
+    /// Independent Bernoulli on intensities in [0, 1]; the decoder outputs logits.
+    Bernoulli,
+    /// Independent Gaussian; the decoder outputs means. `log_var` fixed, or learned per pixel.
+    Gaussian { log_var: f64, learned: bool },
+}
+
+/// Semi-supervised: how an unlabelled example enters the cost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnlabeledObjective {
+    /// Kingma et al. 2014 (M2): Σ_y q(y|x)·(−ELBO(x, y)) − H(q(y|x)).
+    Marginalize,
+    /// The 2015 course project: the decoder gets the predicted distribution y', no label term.
+    PredictedLabel,
+}
+
+/// −log p(x | params) per example, summed over pixels.
+pub fn negative_log_likelihood(likelihood: Likelihood, params: &Tensor, images: &Tensor, learned_log_var: Option<&Tensor>) -> Tensor {
+    let per_pixel = match likelihood {
+        Likelihood::Bernoulli => params.binary_cross_entropy_with_logits::<Tensor>(images, None, None, Reduction::None),
+        Likelihood::Gaussian { log_var, .. } => {
+            let log_var = learned_log_var.map(|v| v.shallow_clone()).unwrap_or_else(|| Tensor::from(log_var as f32).to_device(params.device()));
+            ((params - images).square() * (-&log_var).exp() + &log_var + LOG_2PI) * 0.5
+        }
+    };
+    per_pixel.flatten(1, -1).sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// KL(q(z|x) ‖ N(0, I)) per example.
+pub fn kl_to_standard_normal(posterior: &Posterior) -> Tensor {
+    ((posterior.mean.square() + posterior.log_var.exp() - 1.0 - &posterior.log_var) * 0.5).sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// Mean terms of one batch; `loss` is what gets minimised (with KL scaled by `kl_weight`).
+pub struct BatchObjective {
+    pub loss: Tensor,
+    /// Mean −ELBO (with KL weight 1) over all examples of the batch.
+    pub negative_elbo: Tensor,
+    pub reconstruction: Tensor,
+    pub kl: Tensor,
+    /// Mean cross-entropy of the labelled examples (semi-supervised only).
+    pub classification: Option<Tensor>,
+}
+
+/// The objective of an unconditional VAE on `images`.
+pub fn unsupervised(model: &dyn Vae, images: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+    let posterior = model.encode(images, train);
+    let params = model.decode(&posterior.sample(), None, train);
+    let config = model.config();
+    let nll = negative_log_likelihood(config.likelihood, &params, images, model.likelihood_log_var());
+    let kl = kl_to_standard_normal(&posterior);
+    let reconstruction = nll.mean(Kind::Float);
+    let kl = kl.mean(Kind::Float);
+    BatchObjective {
+        loss: &reconstruction + &kl * kl_weight,
+        negative_elbo: &reconstruction + &kl,
+        reconstruction,
+        kl,
+        classification: None,
+    }
+}
+
+/// Importance-weighted bound log p(x) ≥ log 1/k Σ p(x, z_i)/q(z_i|x) (Burda et al. 2015), per
+/// example, for unconditional models; labels are marginalised out with a uniform prior when the
+/// decoder needs them.
+pub fn importance_weighted_log_likelihood(model: &dyn Vae, images: &Tensor, samples: i64) -> Tensor {
+    let posterior = model.encode(images, false);
+    let batch = images.size()[0];
+    let config = model.config();
+    let mut log_weights = Vec::with_capacity(samples as usize);
+    for _ in 0..samples {
+        let eps = posterior.mean.randn_like();
+        let z = &posterior.mean + (&posterior.log_var * 0.5).exp() * &eps;
+        let log_q = (eps.square() + &posterior.log_var + LOG_2PI).sum_dim_intlist(1, false, Kind::Float) * -0.5;
+        let log_prior = (z.square() + LOG_2PI).sum_dim_intlist(1, false, Kind::Float) * -0.5;
+        let log_px = if config.architecture == super::Architecture::SemiSupervised {
+            let k = config.num_classes();
+            let (z_all, y_all) = every_label(&z, k);
+            let nll = negative_log_likelihood(config.likelihood, &model.decode(&z_all, Some(&y_all), false), &images.repeat([k, 1, 1, 1]), model.likelihood_log_var());
+            (-nll).view([k, batch]).logsumexp(0, false) - (k as f64).ln()
+        } else {
+            -negative_log_likelihood(config.likelihood, &model.decode(&z, None, false), images, model.likelihood_log_var())
+        };
+        log_weights.push(log_px + log_prior - log_q);
+    }
+    Tensor::stack(&log_weights, 0).logsumexp(0, false) - (samples as f64).ln()
+}
+
+/// Repeats codes `[B, d]` once per class and pairs them with one-hot labels: `[K·B, d]`, `[K·B, K]`.
+pub fn every_label(z: &Tensor, num_classes: i64) -> (Tensor, Tensor) {
+    let batch = z.size()[0];
+    let labels = Tensor::arange(num_classes, (Kind::Int64, z.device())).repeat_interleave_self_int(batch, 0, None);
+    (z.repeat([num_classes, 1]), labels.one_hot(num_classes).to_kind(Kind::Float))
+}

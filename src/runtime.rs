@@ -1,0 +1,139 @@
+//! libtorch start-up: CUDA library loading, device choice and CPU thread count, logged once.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use tch::{Cuda, Device};
+
+/// libtorch's lib dir as seen by the build (empty when unknown); build.rs also makes it an rpath.
+const LIBTORCH_LIB_DIR: &str = env!("VAE_LIBTORCH_LIB_DIR");
+
+/// The device the user asked for, before checking what the machine has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceRequest {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}`: expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}
+
+impl fmt::Display for DeviceRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// What start-up found and chose; logged and reported by /readyz.
+#[derive(Debug, Clone)]
+pub struct TorchRuntime {
+    pub device: Device,
+    pub cpu_threads: usize,
+    pub cuda_note: String,
+}
+
+impl TorchRuntime {
+    /// Loads CUDA support when it can help, picks the device and sets torch's CPU threads.
+    pub fn init(request: DeviceRequest, threads: usize) -> anyhow::Result<Self> {
+        let cuda_note = match request {
+            DeviceRequest::Cpu => "not wanted: device=cpu".to_string(),
+            _ => load_cuda_support(),
+        };
+        let device = match request {
+            DeviceRequest::Cpu => Device::Cpu,
+            DeviceRequest::Auto if Cuda::is_available() => Device::Cuda(0),
+            DeviceRequest::Auto => Device::Cpu,
+            DeviceRequest::Cuda(n) => {
+                let count = Cuda::device_count() as usize;
+                anyhow::ensure!(n < count, "device cuda:{n} requested but {count} CUDA device(s) available ({cuda_note})");
+                Device::Cuda(n)
+            }
+        };
+        let cpu_threads = if threads == 0 { available_cores() } else { threads };
+        tch::set_num_threads(cpu_threads as i32);
+        // Inter-op parallelism would add a second pool competing for the same cores.
+        tch::set_num_interop_threads(1);
+        Ok(Self { device, cpu_threads, cuda_note })
+    }
+
+    pub fn log(&self) {
+        tracing::info!(torch = torch_version(), libtorch_dir = LIBTORCH_LIB_DIR, "libtorch loaded");
+        tracing::info!(device = ?self.device, cpu_threads = self.cpu_threads, cuda = %self.cuda_note, "compute device chosen");
+    }
+}
+
+/// libtorch's version string, e.g. `2.11.0`.
+pub fn torch_version() -> &'static str {
+    // torch-sys checks the version at build time; this is the one it was built against.
+    "2.11.0"
+}
+
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// The linker drops libtorch_cuda.so (nothing references it directly), so CUDA kernels only register
+/// when it is loaded into the global namespace before the first CUDA query.
+fn load_cuda_support() -> String {
+    if !Path::new("/dev/nvidiactl").exists() && !Path::new("/dev/nvidia0").exists() {
+        return "not used: no NVIDIA device nodes on this machine".to_string();
+    }
+    let lib = Path::new(LIBTORCH_LIB_DIR).join("libtorch_cuda.so");
+    if !lib.exists() {
+        return format!("not used: {} not found (CPU-only libtorch)", lib.display());
+    }
+    // SAFETY: loading a shared library runs its initialisers; libtorch_cuda is designed for that.
+    let loaded = unsafe {
+        libloading::os::unix::Library::open(
+            Some(&lib),
+            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
+        )
+    };
+    match loaded {
+        Ok(library) => {
+            // Kept loaded for the life of the process.
+            std::mem::forget(library);
+            if Cuda::is_available() {
+                format!("available: {} device(s), cuDNN {}", Cuda::device_count(), Cuda::cudnn_is_available())
+            } else {
+                "not used: libtorch_cuda loaded but no usable GPU (driver?)".to_string()
+            }
+        }
+        Err(err) => format!("not used: loading {} failed: {err}", lib.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_requests() {
+        assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
+        assert_eq!("CPU".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cpu);
+        assert_eq!("cuda".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(3));
+        assert!("tpu".parse::<DeviceRequest>().is_err());
+        assert!("cuda:x".parse::<DeviceRequest>().is_err());
+    }
+}

@@ -1,0 +1,64 @@
+//! `vae-serve serve`: start-up order, listening and graceful shutdown.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+use crate::api::{self, AppState};
+use crate::config::{GlobalArgs, ServeArgs};
+use crate::inference::ModelHost;
+use crate::runtime::TorchRuntime;
+use crate::storage::Database;
+use crate::telemetry::Metrics;
+
+pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::task::spawn_blocking({
+        let (device, threads) = (global.device, global.threads);
+        move || TorchRuntime::init(device, threads)
+    })
+    .await??;
+    runtime.log();
+    if args.api_key.is_none() {
+        tracing::warn!("VAE_API_KEY is not set: state-changing requests are open to anyone who can reach this address");
+    }
+    let storage = Database::open(&args.database)?;
+    storage.record_start(format!("{:?}", runtime.device)).await?;
+    tracing::info!(database = %args.database.display(), "storage open");
+    let models = ModelHost::start(args.models_dir.clone(), args.default_model.clone(), runtime.device);
+    let state = AppState { storage, models, metrics: Arc::new(Metrics::new()), runtime: Arc::new(runtime) };
+    let app = api::router(state, &args);
+
+    let listener = TcpListener::bind(args.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+
+    let shutdown_started = Arc::new(Notify::new());
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let shutdown_started = shutdown_started.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
+            shutdown_started.notify_one();
+        }
+    });
+    let grace = args.shutdown_grace();
+    tokio::select! {
+        result = server => result?,
+        _ = async { shutdown_started.notified().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting anyway");
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async { tokio::signal::ctrl_c().await.expect("installing the SIGINT handler") };
+    let terminate = async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler").recv().await;
+    };
+    tokio::select! {
+        _ = interrupt => {},
+        _ = terminate => {},
+    }
+}

@@ -1,0 +1,282 @@
+//! `vae-serve train | eval | sample`: the engine from the command line, with progress bars.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{eval, optim::OptimizerKind, train, CancelToken, Progress, Schedule, TrainOptions};
+use crate::config::GlobalArgs;
+use crate::data::{self, DataOptions};
+use crate::models::{self, artifact, Architecture, ImageShape, Likelihood, UnlabeledObjective};
+use crate::render;
+use crate::runtime::TorchRuntime;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LikelihoodArg {
+    Bernoulli,
+    Gaussian,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScheduleArg {
+    Constant,
+    Step,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Model name; the result is published as the next version under --models-dir.
+    #[arg(long)]
+    pub name: String,
+    /// Dataset: a path, or a name under $VAE_DATA_DIR or /usr/share/datasets.
+    #[arg(long)]
+    pub dataset: String,
+    /// Directory holding model directories.
+    #[arg(long, env = "VAE_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+    /// A JSON file with the training options (the same document POST /train takes); the
+    /// model and optimisation flags below are then ignored.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Keep a checkpoint here after every epoch and resume from it if present.
+    #[arg(long)]
+    pub checkpoint_dir: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Architecture::Mlp)]
+    pub architecture: Architecture,
+    #[arg(long, default_value_t = 20)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 100)]
+    pub batch_size: usize,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
+    pub optimizer: OptimizerKind,
+    #[arg(long, default_value_t = 1e-3)]
+    pub learning_rate: f64,
+    /// Nesterov momentum μ (SGD and RMSprop).
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
+    pub schedule: ScheduleArg,
+    /// Step schedule: epochs between decays (gamma 0.5).
+    #[arg(long, default_value_t = 10)]
+    pub step_epochs: usize,
+    #[arg(long, default_value_t = 0.0)]
+    pub kl_warmup_epochs: f64,
+    #[arg(long, default_value_t = 32)]
+    pub latent_dim: i64,
+    #[arg(long, value_delimiter = ',', default_value = "512,256")]
+    pub hidden: Vec<i64>,
+    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    pub conv_channels: Vec<i64>,
+    #[arg(long, value_enum, default_value_t = LikelihoodArg::Bernoulli)]
+    pub likelihood: LikelihoodArg,
+    /// Gaussian likelihood: the fixed (or initial, with --learn-variance) log-variance.
+    #[arg(long, default_value_t = -4.0, allow_hyphen_values = true)]
+    pub gaussian_log_var: f64,
+    #[arg(long)]
+    pub learn_variance: bool,
+    /// Semi-supervised: labelled examples in total (balanced over classes).
+    #[arg(long, default_value_t = 100)]
+    pub labeled: usize,
+    #[arg(long, default_value_t = 100)]
+    pub labeled_batch_size: usize,
+    #[arg(long, value_enum, default_value_t = UnlabeledObjective::Marginalize)]
+    pub unlabeled_objective: UnlabeledObjective,
+    /// Semi-supervised: weight α of the labelled cross-entropy.
+    #[arg(long, default_value_t = 10.0)]
+    pub classifier_weight: f64,
+    /// Skip the fixed-point recomputation of BN statistics after training.
+    #[arg(long)]
+    pub no_bn_recompute: bool,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub validation_fraction: f64,
+    /// Use at most this many training images.
+    #[arg(long)]
+    pub max_train: Option<usize>,
+    /// Image folders: side length images are resized to.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: i64,
+    /// Image folders: 1 (grayscale) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    pub channels: i64,
+    /// IWAE samples for the final test evaluation (0: skip).
+    #[arg(long, default_value_t = 0)]
+    pub iwae_samples: i64,
+}
+
+impl TrainArgs {
+    fn options(&self) -> anyhow::Result<TrainOptions> {
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            return serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+        }
+        let defaults = TrainOptions::default();
+        Ok(TrainOptions {
+            model: models::ModelConfig {
+                architecture: self.architecture,
+                latent_dim: self.latent_dim,
+                hidden: self.hidden.clone(),
+                conv_channels: self.conv_channels.clone(),
+                likelihood: match self.likelihood {
+                    LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
+                    LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
+                },
+                unlabeled_objective: self.unlabeled_objective,
+                classifier_weight: self.classifier_weight,
+                ..defaults.model
+            },
+            epochs: self.epochs,
+            batch_size: self.batch_size,
+            optimizer: super::optim::OptimizerConfig {
+                kind: self.optimizer,
+                learning_rate: self.learning_rate,
+                momentum: self.momentum,
+                grad_clip: self.grad_clip,
+                ..Default::default()
+            },
+            schedule: match self.schedule {
+                ScheduleArg::Constant => Schedule::Constant,
+                ScheduleArg::Step => Schedule::Step { every_epochs: self.step_epochs, gamma: 0.5 },
+                ScheduleArg::Cosine => Schedule::Cosine { min_factor: 0.01 },
+            },
+            kl_warmup_epochs: self.kl_warmup_epochs,
+            labeled: self.labeled,
+            labeled_batch_size: self.labeled_batch_size,
+            bn_recompute: !self.no_bn_recompute,
+            seed: self.seed,
+        })
+    }
+}
+
+pub fn run_train(global: &GlobalArgs, runtime: &TorchRuntime, args: &TrainArgs) -> anyhow::Result<()> {
+    let mut options = args.options()?;
+    let source = data::resolve(&args.dataset, &global.data_dir)?;
+    let data_options = DataOptions {
+        validation_fraction: args.validation_fraction,
+        seed: args.seed,
+        image_shape: Some(ImageShape { channels: args.channels, height: args.image_size, width: args.image_size }),
+        max_train: args.max_train,
+    };
+    let splits = data::load(&source, &data_options)?;
+    options.model.image = splits.shape.clone();
+    options.model.label_names = splits.label_names.clone();
+    tracing::info!(dataset = %source.path().display(), train = splits.train.len(), validation = splits.validation.len(), test = splits.test.len(), "dataset loaded");
+
+    let bar = ProgressBar::new((options.epochs) as u64);
+    bar.set_style(ProgressStyle::with_template("{spinner} epoch {pos}/{len} [{bar:30}] {elapsed_precise} {msg}").expect("static template").progress_chars("=> "));
+    let trained = train(&options, &splits, runtime.device, args.checkpoint_dir.as_deref(), &CancelToken::default(), &mut |p| match p {
+        Progress::Step { step, steps, .. } => bar.set_message(format!("step {step}/{steps}")),
+        Progress::Epoch(m) => {
+            bar.set_position(m.epoch as u64);
+            bar.println(format!(
+                "epoch {:>3}  loss {:8.3}  rec {:8.3}  kl {:7.3}  val -elbo {}  val acc {}  {:.2}s ({:.0} img/s)",
+                m.epoch,
+                m.loss,
+                m.reconstruction,
+                m.kl,
+                m.validation_negative_elbo.map_or("-".into(), |v| format!("{v:.2}")),
+                m.validation_accuracy.map_or("-".into(), |v| format!("{:.2}%", v * 100.0)),
+                m.seconds,
+                m.images_per_second
+            ));
+        }
+    })?;
+    bar.finish_and_clear();
+
+    let test = eval::evaluate(&*trained.model.model, &splits.test.to_device(runtime.device), 500, args.iwae_samples);
+    let mut metrics = std::collections::BTreeMap::new();
+    metrics.insert("test_negative_elbo".to_string(), test.negative_elbo);
+    if let Some(v) = test.iwae_negative_log_likelihood {
+        metrics.insert("test_iwae_negative_log_likelihood".to_string(), v);
+    }
+    if let Some(acc) = test.accuracy {
+        metrics.insert("test_accuracy".to_string(), acc);
+    }
+    if let Some(last) = trained.history.last() {
+        metrics.insert("epochs".to_string(), last.epoch as f64);
+        let mean_seconds = trained.history.iter().map(|m| m.seconds).sum::<f64>() / trained.history.len() as f64;
+        metrics.insert("mean_epoch_seconds".to_string(), mean_seconds);
+    }
+    let manifest = artifact::Manifest {
+        format_version: artifact::FORMAT_VERSION,
+        name: args.name.clone(),
+        config: options.model.clone(),
+        dataset: args.dataset.clone(),
+        training: serde_json::to_value(&options)?,
+        metrics: metrics.clone(),
+        torch_version: crate::runtime::torch_version().to_string(),
+        created_at: chrono::Utc::now(),
+    };
+    let (version, dir) = artifact::publish(&args.models_dir, &trained.model, &manifest)?;
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "name": args.name, "version": version, "path": dir, "metrics": metrics }))?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// A model directory (`models/<name>/v<N>`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset whose test split is evaluated (default: the one the model was trained on).
+    #[arg(long)]
+    pub dataset: Option<String>,
+    /// Importance samples for the IWAE log-likelihood bound (0: skip).
+    #[arg(long, default_value_t = 100)]
+    pub iwae_samples: i64,
+    /// Evaluate at most this many test images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) -> anyhow::Result<()> {
+    let (manifest, loaded) = artifact::load(&args.model, runtime.device)?;
+    let dataset = args.dataset.clone().unwrap_or_else(|| manifest.dataset.clone());
+    let source = data::resolve(&dataset, &global.data_dir)?;
+    let options = DataOptions { image_shape: Some(manifest.config.image.clone()), validation_fraction: 0.0, ..Default::default() };
+    let splits = data::load(&source, &options)?;
+    let test = splits.test.first(args.limit.unwrap_or(usize::MAX)).to_device(runtime.device);
+    tch::manual_seed(args.seed as i64);
+    let evaluation = eval::evaluate(&*loaded.model, &test, 500, args.iwae_samples);
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "model": manifest.name, "dataset": dataset, "evaluation": evaluation }))?);
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SampleArgs {
+    /// A model directory (`models/<name>/v<N>`).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Class to condition on (index or name), for semi-supervised models.
+    #[arg(long)]
+    pub label: Option<String>,
+    #[arg(short, long, default_value_t = 64)]
+    pub n: i64,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(short, long, default_value = "samples.png")]
+    pub output: PathBuf,
+}
+
+pub fn run_sample(runtime: &TorchRuntime, args: &SampleArgs) -> anyhow::Result<()> {
+    let (manifest, loaded) = artifact::load(&args.model, runtime.device)?;
+    let label = args.label.as_deref().map(|l| models::resolve_label(&manifest.config, l)).transpose()?;
+    tch::manual_seed(args.seed as i64);
+    let (_, images) = tch::no_grad(|| models::sample(&loaded, args.n, label, args.temperature))?;
+    let columns = (args.n as f64).sqrt().ceil() as i64;
+    write_png(&args.output, &render::grid(&images, columns))?;
+    println!("wrote {} samples to {}", args.n, args.output.display());
+    Ok(())
+}
+
+fn write_png(path: &Path, image: &image::DynamicImage) -> anyhow::Result<()> {
+    std::fs::write(path, render::png_bytes(image)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}

@@ -1,0 +1,51 @@
+//! Evaluation: test −ELBO and importance-weighted log-likelihood in nats per image, accuracy.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::data::Dataset;
+use crate::models::objective::importance_weighted_log_likelihood;
+use crate::models::Vae;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    pub images: usize,
+    /// Mean −ELBO, nats per image (one posterior sample per image).
+    pub negative_elbo: f64,
+    /// Mean −log p(x) estimated with the IWAE bound, when asked for.
+    pub iwae_negative_log_likelihood: Option<f64>,
+    pub iwae_samples: i64,
+    /// Fraction of correctly classified images, for models with a classifier.
+    pub accuracy: Option<f64>,
+}
+
+/// Evaluates with population BN statistics (inference mode), without gradients.
+pub fn evaluate(model: &dyn Vae, data: &Dataset, batch_size: usize, iwae_samples: i64) -> Evaluation {
+    tch::no_grad(|| {
+        let n = data.len();
+        let (mut elbo_sum, mut iwae_sum, mut correct) = (0.0, 0.0, 0i64);
+        let mut has_classifier = false;
+        for start in (0..n).step_by(batch_size) {
+            let len = batch_size.min(n - start) as i64;
+            let images = data.images.narrow(0, start as i64, len);
+            let unlabelled = Tensor::full([len], -1, (Kind::Int64, images.device()));
+            elbo_sum += model.objective(&images, &unlabelled, 1.0, false).negative_elbo.double_value(&[]) * len as f64;
+            if iwae_samples > 0 {
+                iwae_sum -= importance_weighted_log_likelihood(model, &images, iwae_samples).sum(Kind::Double).double_value(&[]);
+            }
+            if let Some(logits) = model.classify(&images, false) {
+                has_classifier = true;
+                let labels = data.labels.narrow(0, start as i64, len);
+                correct += logits.argmax(1, false).eq_tensor(&labels).sum(Kind::Int64).int64_value(&[]);
+            }
+        }
+        let n_f = n.max(1) as f64;
+        Evaluation {
+            images: n,
+            negative_elbo: elbo_sum / n_f,
+            iwae_negative_log_likelihood: (iwae_samples > 0).then_some(iwae_sum / n_f),
+            iwae_samples,
+            accuracy: has_classifier.then_some(correct as f64 / n_f),
+        }
+    })
+}

@@ -1,0 +1,357 @@
+//! The training engine: epoch loop, schedules, KL warm-up, validation, checkpoints and resume,
+//! cancellation and progress reporting. Used by the CLI and by the job queue.
+
+pub mod cli;
+pub mod eval;
+pub mod optim;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{balanced_subset, shuffled_indices, Dataset, Splits};
+use crate::models::{self, artifact, Architecture, LoadedModel, ModelConfig, ModelError};
+use optim::{Optimizer, OptimizerConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid training options: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error("training diverged at epoch {epoch}, step {step}: the loss became {value} (try a lower learning rate, gradient clipping or KL warm-up)")]
+    Diverged { epoch: usize, step: usize, value: f64 },
+    #[error("checkpoint {path}: {why}")]
+    Checkpoint { path: PathBuf, why: String },
+    #[error("training cancelled after {completed_epochs} completed epoch(s)")]
+    Cancelled { completed_epochs: usize },
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// Learning-rate schedule over the whole run.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Schedule {
+    Constant,
+    /// Multiply by `gamma` every `every_epochs` epochs.
+    Step { every_epochs: usize, gamma: f64 },
+    /// Cosine decay from the base rate to `min_factor`·base at the end.
+    Cosine { min_factor: f64 },
+}
+
+impl Schedule {
+    /// The factor on the base rate at fractional epoch `t` of `epochs`.
+    pub fn factor(&self, t: f64, epochs: usize) -> f64 {
+        match *self {
+            Self::Constant => 1.0,
+            Self::Step { every_epochs, gamma } => gamma.powi((t as usize / every_epochs.max(1)) as i32),
+            Self::Cosine { min_factor } => {
+                let progress = (t / epochs.max(1) as f64).clamp(0.0, 1.0);
+                min_factor + (1.0 - min_factor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+/// Everything a training run needs besides the data itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainOptions {
+    pub model: ModelConfig,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub optimizer: OptimizerConfig,
+    pub schedule: Schedule,
+    /// KL weight rises linearly from 0 to 1 over this many epochs (0: no warm-up).
+    pub kl_warmup_epochs: f64,
+    /// Semi-supervised: labelled examples in total, balanced over classes.
+    pub labeled: usize,
+    /// Semi-supervised: labelled examples appended to every unlabelled batch.
+    pub labeled_batch_size: usize,
+    /// Recompute exact BN population statistics over the training set after training.
+    pub bn_recompute: bool,
+    pub seed: u64,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        Self {
+            model: ModelConfig::default(),
+            epochs: 10,
+            batch_size: 100,
+            optimizer: OptimizerConfig::default(),
+            schedule: Schedule::Constant,
+            kl_warmup_epochs: 0.0,
+            labeled: 100,
+            labeled_batch_size: 100,
+            bn_recompute: true,
+            seed: 0,
+        }
+    }
+}
+
+impl TrainOptions {
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let invalid = |why: String| Err(TrainError::Invalid(why));
+        self.model.validate()?;
+        self.optimizer.validate().map_err(TrainError::Invalid)?;
+        if !(1..=10_000).contains(&self.epochs) {
+            return invalid(format!("epochs = {} must be in 1..=10000", self.epochs));
+        }
+        if !(2..=8192).contains(&self.batch_size) {
+            return invalid(format!("batch_size = {} must be in 2..=8192 (batch norm needs at least 2)", self.batch_size));
+        }
+        if !(self.kl_warmup_epochs >= 0.0) {
+            return invalid("kl_warmup_epochs must be ≥ 0".into());
+        }
+        if let Schedule::Cosine { min_factor } = self.schedule {
+            if !(0.0..=1.0).contains(&min_factor) {
+                return invalid(format!("schedule.min_factor = {min_factor} must be in [0, 1]"));
+            }
+        }
+        if self.model.architecture == Architecture::SemiSupervised {
+            let k = self.model.num_classes() as usize;
+            if self.labeled == 0 || self.labeled % k != 0 {
+                return invalid(format!("labeled = {} must be a positive multiple of the {k} classes", self.labeled));
+            }
+            if self.labeled_batch_size == 0 {
+                return invalid("labeled_batch_size must be ≥ 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Metrics of one finished epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub loss: f64,
+    pub reconstruction: f64,
+    pub kl: f64,
+    /// Validation −ELBO in nats per image (population BN statistics).
+    pub validation_negative_elbo: Option<f64>,
+    pub validation_accuracy: Option<f64>,
+    pub learning_rate: f64,
+    pub kl_weight: f64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+}
+
+/// What the engine reports while it works.
+#[derive(Debug, Clone)]
+pub enum Progress {
+    Step { epoch: usize, step: usize, steps: usize },
+    Epoch(EpochMetrics),
+}
+
+/// Cooperative cancellation, checked between batches.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A finished run: the model and its history.
+pub struct Trained {
+    pub model: LoadedModel,
+    pub history: Vec<EpochMetrics>,
+}
+
+/// State saved beside the weights at the end of each epoch.
+#[derive(Debug, Serialize, Deserialize)]
+struct CheckpointState {
+    completed_epochs: usize,
+    options: TrainOptions,
+    history: Vec<EpochMetrics>,
+}
+
+const CHECKPOINT_STATE: &str = "state.json";
+const CHECKPOINT_OPTIMIZER: &str = "optimizer.safetensors";
+
+/// Trains per `options` on `splits`. With `checkpoint_dir`, saves a checkpoint after every
+/// epoch and resumes from the one it finds there (which must come from the same options).
+pub fn train(
+    options: &TrainOptions,
+    splits: &Splits,
+    device: Device,
+    checkpoint_dir: Option<&Path>,
+    cancel: &CancelToken,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Trained, TrainError> {
+    options.validate()?;
+    if splits.shape != options.model.image {
+        return Err(TrainError::Invalid(format!("the model expects images {:?}, the dataset has {:?}", options.model.image, splits.shape)));
+    }
+    tch::manual_seed(options.seed as i64);
+    let model = models::build(&options.model, device)?;
+    let mut optimizer = Optimizer::new(&model.vars, options.optimizer.clone());
+    let mut history = Vec::new();
+    if let Some(dir) = checkpoint_dir {
+        if let Some(state) = restore_checkpoint(dir, options, &model, &mut optimizer)? {
+            tracing::info!(completed_epochs = state.completed_epochs, "resuming from checkpoint");
+            history = state.history;
+        }
+    }
+
+    let semi_supervised = options.model.architecture == Architecture::SemiSupervised;
+    let labeled = if semi_supervised {
+        let per_class = options.labeled / options.model.num_classes() as usize;
+        let indices = balanced_subset(&splits.train.labels, options.model.num_classes() as usize, per_class, options.seed)?;
+        Some(splits.train.select(&indices).to_device(device))
+    } else {
+        None
+    };
+    let train_set = splits.train.to_device(device);
+    let validation = splits.validation.to_device(device);
+    let n = train_set.len();
+    let steps = n / options.batch_size;
+    if steps == 0 {
+        return Err(TrainError::Invalid(format!("batch_size {} exceeds the {n} training images", options.batch_size)));
+    }
+
+    for epoch in history.len()..options.epochs {
+        let started = Instant::now();
+        // Seeded per epoch, so a resumed run draws the same noise and order as an uninterrupted one.
+        tch::manual_seed(options.seed.wrapping_mul(1_000_003).wrapping_add(epoch as u64) as i64);
+        let order = Tensor::from_slice(&shuffled_indices(n, options.seed ^ (epoch as u64 + 1) << 20)).to_device(device);
+        let mut sums = Tensor::zeros([3], (Kind::Float, device));
+        let (mut learning_rate, mut kl_weight) = (0.0, 1.0);
+        for step in 0..steps {
+            if cancel.is_cancelled() {
+                return Err(TrainError::Cancelled { completed_epochs: epoch });
+            }
+            let t = epoch as f64 + step as f64 / steps as f64;
+            learning_rate = options.optimizer.learning_rate * options.schedule.factor(t, options.epochs);
+            kl_weight = if options.kl_warmup_epochs > 0.0 { (t / options.kl_warmup_epochs).min(1.0) } else { 1.0 };
+            let index = order.narrow(0, (step * options.batch_size) as i64, options.batch_size as i64);
+            let mut images = train_set.images.index_select(0, &index);
+            let mut labels = Tensor::full([options.batch_size as i64], -1, (Kind::Int64, device));
+            if let Some(labeled) = &labeled {
+                let pick = Tensor::randint(labeled.len() as i64, [options.labeled_batch_size as i64], (Kind::Int64, device));
+                images = Tensor::cat(&[images, labeled.images.index_select(0, &pick)], 0);
+                labels = Tensor::cat(&[labels, labeled.labels.index_select(0, &pick)], 0);
+            }
+            let objective = model.model.objective(&images, &labels, kl_weight, true);
+            optimizer.zero_grad();
+            objective.loss.backward();
+            optimizer.step(learning_rate);
+            sums += Tensor::stack(&[objective.loss.detach(), objective.reconstruction.detach(), objective.kl.detach()], 0);
+            // One host sync every 50 steps: progress and divergence checks without stalling the device each step.
+            if step % 50 == 49 || step + 1 == steps {
+                let loss = objective.loss.double_value(&[]);
+                if !loss.is_finite() {
+                    return Err(TrainError::Diverged { epoch: epoch + 1, step: step + 1, value: loss });
+                }
+                progress(Progress::Step { epoch: epoch + 1, step: step + 1, steps });
+            }
+        }
+        let means: Vec<f64> = Vec::<f64>::try_from(sums.to_kind(Kind::Double) / steps as f64)?;
+        if means.iter().any(|v| !v.is_finite()) {
+            return Err(TrainError::Diverged { epoch: epoch + 1, step: steps, value: means[0] });
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        let evaluation = (!validation.is_empty()).then(|| eval::evaluate(&*model.model, &validation, 500, 0));
+        let metrics = EpochMetrics {
+            epoch: epoch + 1,
+            loss: means[0],
+            reconstruction: means[1],
+            kl: means[2],
+            validation_negative_elbo: evaluation.as_ref().map(|e| e.negative_elbo),
+            validation_accuracy: evaluation.and_then(|e| e.accuracy),
+            learning_rate,
+            kl_weight,
+            seconds,
+            images_per_second: (steps * options.batch_size) as f64 / seconds,
+        };
+        history.push(metrics.clone());
+        if let Some(dir) = checkpoint_dir {
+            save_checkpoint(dir, options, &model, &optimizer, &history)?;
+        }
+        progress(Progress::Epoch(metrics));
+    }
+
+    if options.bn_recompute {
+        recompute_batch_norm(&model, &train_set, options.batch_size);
+    }
+    Ok(Trained { model, history })
+}
+
+/// Fixed-point BN statistics: one pass over the training set in training mode (no gradients).
+pub fn recompute_batch_norm(model: &LoadedModel, train_set: &Dataset, batch_size: usize) {
+    let batches = train_set.len() / batch_size;
+    model.bn.recompute(batches, |k| {
+        let images = train_set.images.narrow(0, (k * batch_size) as i64, batch_size as i64);
+        let unlabelled = Tensor::full([batch_size as i64], -1, (Kind::Int64, images.device()));
+        let _ = model.model.objective(&images, &unlabelled, 1.0, true);
+    });
+}
+
+fn checkpoint_error(path: &Path, why: impl ToString) -> TrainError {
+    TrainError::Checkpoint { path: path.to_path_buf(), why: why.to_string() }
+}
+
+/// Writes the checkpoint to a fresh directory and renames it over the old one.
+fn save_checkpoint(dir: &Path, options: &TrainOptions, model: &LoadedModel, optimizer: &Optimizer, history: &[EpochMetrics]) -> Result<(), TrainError> {
+    let staging = dir.with_extension("staging");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(|e| checkpoint_error(&staging, e))?;
+    let weights: Vec<(String, Tensor)> = model.vars.variables().into_iter().collect();
+    Tensor::write_safetensors(&weights, staging.join(artifact::WEIGHTS_FILE))?;
+    Tensor::write_safetensors(&optimizer.state(), staging.join(CHECKPOINT_OPTIMIZER))?;
+    let state = CheckpointState { completed_epochs: history.len(), options: options.clone(), history: history.to_vec() };
+    let json = serde_json::to_vec_pretty(&state).map_err(|e| checkpoint_error(&staging, e))?;
+    std::fs::write(staging.join(CHECKPOINT_STATE), json).map_err(|e| checkpoint_error(&staging, e))?;
+    for file in [artifact::WEIGHTS_FILE, CHECKPOINT_OPTIMIZER, CHECKPOINT_STATE] {
+        std::fs::File::open(staging.join(file)).and_then(|f| f.sync_all()).map_err(|e| checkpoint_error(&staging, e))?;
+    }
+    let old = dir.with_extension("old");
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(|e| checkpoint_error(dir, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| checkpoint_error(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+fn restore_checkpoint(dir: &Path, options: &TrainOptions, model: &LoadedModel, optimizer: &mut Optimizer) -> Result<Option<CheckpointState>, TrainError> {
+    // A crash between the two renames of `save_checkpoint` leaves only `.old`: use it.
+    let old = dir.with_extension("old");
+    let dir = if !dir.join(CHECKPOINT_STATE).is_file() && old.join(CHECKPOINT_STATE).is_file() { old.as_path() } else { dir };
+    let state_path = dir.join(CHECKPOINT_STATE);
+    if !state_path.is_file() {
+        return Ok(None);
+    }
+    let bytes = std::fs::read(&state_path).map_err(|e| checkpoint_error(&state_path, e))?;
+    let state: CheckpointState = serde_json::from_slice(&bytes).map_err(|e| checkpoint_error(&state_path, e))?;
+    if state.options != *options {
+        return Err(checkpoint_error(dir, "it was written by a run with different options; remove it to start over"));
+    }
+    let weights: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join(artifact::WEIGHTS_FILE))?.into_iter().collect();
+    tch::no_grad(|| -> Result<(), TrainError> {
+        for (name, mut var) in model.vars.variables() {
+            let saved = weights.get(&name).ok_or_else(|| checkpoint_error(dir, format!("missing tensor `{name}`")))?;
+            var.f_copy_(saved)?;
+        }
+        Ok(())
+    })?;
+    let saved_optimizer: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join(CHECKPOINT_OPTIMIZER))?.into_iter().collect();
+    optimizer.load_state(&saved_optimizer).map_err(|e| checkpoint_error(dir, e))?;
+    Ok(Some(state))
+}
