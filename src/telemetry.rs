@@ -1,5 +1,7 @@
 //! Log set-up (text or JSON lines) and the Prometheus registry shared by the HTTP layer and workers.
 
+use std::io::IsTerminal;
+
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -8,7 +10,8 @@ use crate::config::LogFormat;
 /// Installs the global subscriber; `RUST_LOG` overrides the default `info` level.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for people at a terminal; files, pipes and tests get plain text.
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal());
     // A second call (tests, embedded use) keeps the first subscriber.
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -78,11 +78,12 @@ pub fn problem_response(status: StatusCode, detail: impl Into<String>) -> Respon
 /// plain text or empty bodies; this turns them into problem bodies, keeping their text as detail.
 pub async fn problem_for_bare_errors(response: Response) -> Response {
     let status = response.status();
-    let is_problem = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|ct| ct.as_bytes().starts_with(PROBLEM_CONTENT_TYPE.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    // Our own error answers (problems, and JSON bodies such as /readyz's) pass through.
+    let is_json = response.headers().get(header::CONTENT_TYPE).and_then(|ct| ct.to_str().ok()).is_some_and(|ct| {
+        let essence = ct.split(';').next().unwrap_or("").trim();
+        essence == PROBLEM_CONTENT_TYPE || essence == "application/json"
+    });
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -1,0 +1,49 @@
+# syntax=docker/dockerfile:1
+# vae-serve container: build stage provisions libtorch from a torch wheel and builds the release
+# binary; the runtime stage carries only the binary, the torch libraries and the shipped models.
+#
+#   docker build -t vae-serve .                          # CPU (torch's CPU-only wheel, small)
+#   docker build -t vae-serve:cuda --build-arg VARIANT=cuda .   # CUDA (PyPI wheel with CUDA libs)
+#
+# The binary records libtorch's directory as an rpath, so both stages keep torch at the same path.
+
+ARG VARIANT=cpu
+ARG TORCH_VERSION=2.11.0
+
+FROM rust:1-bookworm AS build
+ARG VARIANT
+ARG TORCH_VERSION
+RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/torch \
+ && if [ "$VARIANT" = "cpu" ]; then \
+      /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu; \
+    else \
+      /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}"; \
+    fi
+ENV LIBTORCH_USE_PYTORCH=1 PATH=/opt/torch/bin:$PATH
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src ./src
+RUN cargo build --release --locked && cp target/release/vae-serve /usr/local/bin/vae-serve
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates curl libgomp1 \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --create-home --home-dir /var/lib/vae-serve --uid 10001 vae
+# torch's shared libraries (and, for CUDA, the nvidia-* wheels they load) at the build path.
+COPY --from=build /opt/torch/lib/python3.11/site-packages /opt/torch/lib/python3.11/site-packages
+COPY --from=build /usr/local/bin/vae-serve /usr/local/bin/vae-serve
+COPY --chown=vae:vae models /var/lib/vae-serve/models
+RUN mkdir -p /var/lib/vae-serve/data && chown vae:vae /var/lib/vae-serve/data
+USER vae
+WORKDIR /var/lib/vae-serve
+ENV VAE_ADDR=0.0.0.0:8080 \
+    VAE_MODELS_DIR=/var/lib/vae-serve/models \
+    VAE_DATA_DIR=/var/lib/vae-serve/data \
+    VAE_DATABASE=/var/lib/vae-serve/data/vae-serve.db \
+    VAE_DEVICE=auto \
+    VAE_LOG_FORMAT=json
+EXPOSE 8080
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+ENTRYPOINT ["vae-serve"]
+CMD ["serve"]

@@ -1,0 +1,141 @@
+//! Test harness: the real `vae-serve` binary on an ephemeral port, and small real models.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_vae-serve");
+
+/// A running server; killed when dropped.
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub log: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// What a test server runs with.
+pub struct ServerOptions {
+    pub models_dir: Option<PathBuf>,
+    pub default_model: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self { models_dir: None, default_model: "tiny".into(), env: Vec::new() }
+    }
+}
+
+impl Server {
+    pub fn start(options: ServerOptions) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let models_dir = options.models_dir.clone().unwrap_or_else(|| dir.path().join("models"));
+        let mut command = Command::new(BINARY);
+        command
+            .args(["serve", "--addr", "127.0.0.1:0", "--device", "cpu", "--threads", "1"])
+            .arg("--models-dir")
+            .arg(&models_dir)
+            .arg("--database")
+            .arg(dir.path().join("db/vae.db"))
+            .args(["--default-model", &options.default_model])
+            .env("RUST_LOG", "info")
+            .env_remove("VAE_API_KEY")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("starting vae-serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.contains("listening").then(|| line.split("addr=").nth(1)).flatten() {
+                    let _ = addr_tx.send(addr.trim().to_string());
+                }
+                log_writer.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("server did not start; log:\n{}", log.lock().unwrap()));
+        Server { child, base: format!("http://{addr}"), log, _dir: Some(dir) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Polls /readyz until it answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if reqwest::blocking::get(self.url("/readyz")).is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("server never became ready; log:\n{}", self.log.lock().unwrap());
+    }
+
+    /// Waits up to two seconds for `needle` to appear in the server's log.
+    pub fn log_contains(&self, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if self.log.lock().unwrap().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child process.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+pub fn shared_data() -> PathBuf {
+    vae_serve::data::shared_data_dir()
+}
+
+/// Trains a small semi-supervised model on 1,000 MNIST images with the project's own CLI and
+/// publishes it as `name` under `models_dir`.
+pub fn train_tiny_model(models_dir: &Path, name: &str) {
+    let output = Command::new(BINARY)
+        .args(["train", "--device", "cpu", "--dataset", "mnist", "--architecture", "semi-supervised"])
+        .args(["--name", name, "--epochs", "1", "--max-train", "1000", "--hidden", "64", "--latent-dim", "8", "--labeled", "100"])
+        .arg("--models-dir")
+        .arg(models_dir)
+        .arg("--data-dir")
+        .arg(shared_data())
+        .output()
+        .expect("running vae-serve train");
+    assert!(output.status.success(), "training failed: {}", String::from_utf8_lossy(&output.stderr));
+}
