@@ -71,6 +71,9 @@ pub struct ServeArgs {
     /// Bearer token required for state-changing requests (unset: mutations are open).
     #[arg(long, env = "VAE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// With an API key: require it for reads too (health probes stay open).
+    #[arg(long, env = "VAE_AUTH_ALL", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auth_all: bool,
     /// Largest accepted request body in bytes.
     #[arg(long, env = "VAE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,

@@ -19,7 +19,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     })
     .await??;
     runtime.log();
-    if args.api_key.is_none() {
+    if args.api_key.as_deref().is_none_or(str::is_empty) {
         tracing::warn!("VAE_API_KEY is not set: state-changing requests are open to anyone who can reach this address");
     }
     let storage = Database::open(&args.database)?;

@@ -22,6 +22,7 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
     let server = Server::start(ServerOptions { env: vec![("VAE_MAX_BODY_BYTES".into(), "1000".into())], ..Default::default() });
     let http = client();
 
+    assert!(server.log_contains("requests are open"), "an open server warns at start-up");
     let health: Value = http.get(server.url("/healthz")).send().unwrap().json().unwrap();
     assert_eq!(health["status"], "ok");
 
@@ -119,4 +120,29 @@ fn sigterm_stops_the_server_cleanly() {
     assert_eq!(client().get(server.url("/healthz")).send().unwrap().status(), 200);
     let status = server.terminate();
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn an_api_key_guards_mutations_and_optionally_reads() {
+    let key_env = |all: &str| ServerOptions {
+        env: vec![("VAE_API_KEY".into(), "s3cret-key".into()), ("VAE_AUTH_ALL".into(), all.into())],
+        ..Default::default()
+    };
+    let http = client();
+    let server = Server::start(key_env("false"));
+    let denied = http.post(server.url("/sample")).send().unwrap();
+    assert_eq!(denied.headers()["www-authenticate"], "Bearer realm=\"vae-serve\"");
+    assert_problem(denied, 401);
+    assert_problem(http.post(server.url("/sample")).bearer_auth("wrong").send().unwrap(), 401);
+    // The right key passes access control; the route itself only allows GET.
+    assert_problem(http.post(server.url("/sample")).bearer_auth("s3cret-key").send().unwrap(), 405);
+    assert_eq!(http.get(server.url("/metrics")).send().unwrap().status(), 200, "reads stay open");
+    assert!(!server.log.lock().unwrap().contains("s3cret-key"), "the key never reaches the logs");
+    assert!(!server.log.lock().unwrap().contains("requests are open"));
+    drop(server);
+
+    let strict = Server::start(key_env("true"));
+    assert_problem(http.get(strict.url("/metrics")).send().unwrap(), 401);
+    assert_eq!(http.get(strict.url("/metrics")).bearer_auth("s3cret-key").send().unwrap().status(), 200);
+    assert_eq!(http.get(strict.url("/healthz")).send().unwrap().status(), 200, "probes stay open");
 }

@@ -1,6 +1,7 @@
 //! HTTP layer: routes, middleware and the OpenAPI document. Handlers stay thin: they parse, call
 //! a lower layer and map its answer; torch code lives elsewhere.
 
+pub mod auth;
 pub mod health;
 pub mod inference;
 pub mod problem;
@@ -28,6 +29,7 @@ use crate::inference::ModelHost;
 use crate::runtime::TorchRuntime;
 use crate::storage::Database;
 use crate::telemetry::Metrics;
+use auth::AccessPolicy;
 use problem::problem_response;
 
 /// Everything handlers reach; cheap to clone.
@@ -71,6 +73,7 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(AccessPolicy::new(config.api_key.clone(), config.auth_all), auth::require_api_key))
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .with_state(state);
 

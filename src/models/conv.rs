@@ -5,6 +5,7 @@
 use tch::{nn, nn::Module, Tensor};
 
 use super::batch_norm::{BatchNorm, BnControl};
+use super::layers;
 use super::mlp::{learned_log_var, BnMlp};
 use super::{BatchObjective, ModelConfig, Posterior, Vae};
 
@@ -28,30 +29,28 @@ impl ConvVae {
         let deepest = *config.conv_channels.last().expect("validated: at least one stage");
         let bottleneck = [deepest, h, w];
         let flat = deepest * h * w;
-        let conv_cfg = nn::ConvConfig { stride: 2, padding: 1, ..Default::default() };
         let enc = path / "encoder";
         let mut down = Vec::new();
         let mut channels = config.image.channels;
         for (i, &out) in config.conv_channels.iter().enumerate() {
-            down.push((nn::conv2d(&enc / format!("conv{i}"), channels, out, 4, conv_cfg), BatchNorm::new(&enc / format!("conv_bn{i}"), out, bn)));
+            down.push((layers::halving_conv(&enc / format!("conv{i}"), channels, out), BatchNorm::new(&enc / format!("conv_bn{i}"), out, bn)));
             channels = out;
         }
         let encoder_fc = BnMlp::new(&enc, flat, &config.hidden, bn);
         let top = *config.hidden.last().expect("validated");
-        let mean = nn::linear(&enc / "mean", top, config.latent_dim, Default::default());
-        let log_var = nn::linear(&enc / "log_var", top, config.latent_dim, Default::default());
+        let mean = layers::linear(&enc / "mean", top, config.latent_dim);
+        let log_var = layers::linear(&enc / "log_var", top, config.latent_dim);
 
         let dec = path / "decoder";
         let mut widths: Vec<i64> = config.hidden.iter().rev().copied().collect();
         widths.push(flat);
         let decoder_fc = BnMlp::new(&dec, config.latent_dim, &widths, bn);
-        let tconv_cfg = nn::ConvTransposeConfig { stride: 2, padding: 1, ..Default::default() };
         let mut up = Vec::new();
         let reversed: Vec<i64> = config.conv_channels.iter().rev().copied().collect();
         for (i, &input) in reversed.iter().enumerate() {
             let last = i + 1 == reversed.len();
             let out = if last { config.image.channels } else { reversed[i + 1] };
-            let tconv = nn::conv_transpose2d(&dec / format!("tconv{i}"), input, out, 4, tconv_cfg);
+            let tconv = layers::doubling_conv(&dec / format!("tconv{i}"), input, out);
             let norm = (!last).then(|| BatchNorm::new(&dec / format!("tconv_bn{i}"), out, bn));
             up.push((tconv, norm));
         }

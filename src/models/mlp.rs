@@ -3,6 +3,7 @@
 use tch::{nn, nn::Module, Tensor};
 
 use super::batch_norm::{BatchNorm, BnControl};
+use super::layers;
 use super::{BatchObjective, ModelConfig, Posterior, Vae};
 
 /// Linear → BN → ReLU blocks: the hidden stack of every MLP part.
@@ -16,7 +17,7 @@ impl BnMlp {
         let mut layers = Vec::with_capacity(widths.len());
         let mut fan_in = input;
         for (i, &width) in widths.iter().enumerate() {
-            let linear = nn::linear(path / format!("fc{i}"), fan_in, width, Default::default());
+            let linear = layers::linear(path / format!("fc{i}"), fan_in, width);
             layers.push((linear, BatchNorm::new(path / format!("bn{i}"), width, bn)));
             fan_in = width;
         }
@@ -45,11 +46,11 @@ impl MlpVae {
         let pixels = config.image.pixels();
         let top = *config.hidden.last().expect("validated: at least one hidden layer");
         let encoder = BnMlp::new(&(path / "encoder"), pixels, &config.hidden, bn);
-        let mean = nn::linear(path / "encoder" / "mean", top, config.latent_dim, Default::default());
-        let log_var = nn::linear(path / "encoder" / "log_var", top, config.latent_dim, Default::default());
+        let mean = layers::linear(path / "encoder" / "mean", top, config.latent_dim);
+        let log_var = layers::linear(path / "encoder" / "log_var", top, config.latent_dim);
         let reversed: Vec<i64> = config.hidden.iter().rev().copied().collect();
         let decoder = BnMlp::new(&(path / "decoder"), config.latent_dim + condition_dim, &reversed, bn);
-        let output = nn::linear(path / "decoder" / "output", config.hidden[0], pixels, Default::default());
+        let output = layers::linear(path / "decoder" / "output", config.hidden[0], pixels);
         let likelihood_log_var = learned_log_var(path, &config);
         Self { config, encoder, mean, log_var, decoder, output, likelihood_log_var }
     }

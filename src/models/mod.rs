@@ -4,6 +4,7 @@
 pub mod artifact;
 pub mod batch_norm;
 pub mod conv;
+pub mod layers;
 pub mod mlp;
 pub mod objective;
 pub mod semi_supervised;

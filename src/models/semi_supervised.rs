@@ -9,6 +9,7 @@
 use tch::{nn, nn::Module, Kind, Tensor};
 
 use super::batch_norm::BnControl;
+use super::layers;
 use super::mlp::{BnMlp, MlpVae};
 use super::objective::{every_label, kl_to_standard_normal, negative_log_likelihood, BatchObjective};
 use super::{ModelConfig, Posterior, UnlabeledObjective, Vae};
@@ -24,7 +25,7 @@ impl SemiSupervisedVae {
         let k = config.num_classes();
         let classifier = BnMlp::new(&(path / "classifier"), config.image.pixels(), &config.hidden, bn);
         let top = *config.hidden.last().expect("validated");
-        let classifier_out = nn::linear(path / "classifier" / "logits", top, k, Default::default());
+        let classifier_out = layers::linear(path / "classifier" / "logits", top, k);
         Self { vae: MlpVae::new(path, config, k, bn), classifier, classifier_out }
     }
 }

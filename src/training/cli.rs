@@ -173,17 +173,19 @@ pub fn run_train(global: &GlobalArgs, runtime: &TorchRuntime, args: &TrainArgs) 
         Progress::Step { step, steps, .. } => bar.set_message(format!("step {step}/{steps}")),
         Progress::Epoch(m) => {
             bar.set_position(m.epoch as u64);
-            bar.println(format!(
-                "epoch {:>3}  loss {:8.3}  rec {:8.3}  kl {:7.3}  val -elbo {}  val acc {}  {:.2}s ({:.0} img/s)",
-                m.epoch,
-                m.loss,
-                m.reconstruction,
-                m.kl,
-                m.validation_negative_elbo.map_or("-".into(), |v| format!("{v:.2}")),
-                m.validation_accuracy.map_or("-".into(), |v| format!("{:.2}%", v * 100.0)),
-                m.seconds,
-                m.images_per_second
-            ));
+            bar.suspend(|| {
+                tracing::info!(
+                    epoch = m.epoch,
+                    loss = format_args!("{:.3}", m.loss),
+                    reconstruction = format_args!("{:.3}", m.reconstruction),
+                    kl = format_args!("{:.3}", m.kl),
+                    validation_negative_elbo = m.validation_negative_elbo.map(|v| format!("{v:.2}")),
+                    validation_accuracy = m.validation_accuracy.map(|v| format!("{:.4}", v)),
+                    seconds = format_args!("{:.2}", m.seconds),
+                    images_per_second = format_args!("{:.0}", m.images_per_second),
+                    "epoch finished"
+                )
+            });
         }
     })?;
     bar.finish_and_clear();

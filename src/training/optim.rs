@@ -83,85 +83,113 @@ impl OptimizerConfig {
     }
 }
 
-/// The trainable parameters of a var store (sorted by name) and their update state.
+/// The trainable parameters of a var store, re-homed into one flat buffer (and their gradients
+/// into another), so each update is a handful of large kernels instead of a dozen per tensor.
 pub struct Optimizer {
     config: OptimizerConfig,
-    names: Vec<String>,
     params: Vec<Tensor>,
-    buffers: Vec<Vec<Tensor>>,
+    /// Each parameter's data is a view of this buffer (ordered by parameter name).
+    flat_params: Tensor,
+    /// Gradients are re-pointed into this buffer after their first backward pass; autograd then
+    /// accumulates into it in place, and zeroing is one kernel.
+    flat_grads: Tensor,
+    grads_bound: Vec<bool>,
+    offsets: Vec<(i64, i64)>,
+    buffers: Vec<Tensor>,
     steps: i64,
 }
 
 impl Optimizer {
     pub fn new(vars: &VarStore, config: OptimizerConfig) -> Self {
         let named: BTreeMap<String, Tensor> = vars.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        let (names, params): (Vec<_>, Vec<_>) = named.into_iter().unzip();
-        let buffers = params.iter().map(|p| (0..config.buffers_per_param()).map(|_| p.zeros_like()).collect()).collect();
-        Self { config, names, params, buffers, steps: 0 }
+        let mut params: Vec<Tensor> = named.into_values().collect();
+        let mut offsets = Vec::with_capacity(params.len());
+        let mut total = 0;
+        for p in &params {
+            offsets.push((total, p.numel() as i64));
+            total += p.numel() as i64;
+        }
+        let options = (Kind::Float, vars.device());
+        let flat_params = Tensor::zeros([total], options);
+        tch::no_grad(|| {
+            for (p, &(offset, len)) in params.iter_mut().zip(&offsets) {
+                let mut view = flat_params.narrow(0, offset, len);
+                view.copy_(&p.reshape([-1]));
+                p.set_data(&view.view(p.size().as_slice()));
+            }
+        });
+        let buffers = (0..config.buffers_per_param()).map(|_| Tensor::zeros([total], options)).collect();
+        let grads_bound = vec![false; params.len()];
+        Self { config, params, flat_params, flat_grads: Tensor::zeros([total], options), grads_bound, offsets, buffers, steps: 0 }
     }
 
     pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
+        let _ = self.flat_grads.zero_();
+        for (p, bound) in self.params.iter_mut().zip(&self.grads_bound) {
+            if !bound {
+                p.zero_grad();
+            }
+        }
+    }
+
+    /// Re-points freshly created gradients into the flat gradient buffer.
+    fn bind_grads(&mut self) {
+        for ((p, bound), &(offset, len)) in self.params.iter().zip(self.grads_bound.iter_mut()).zip(&self.offsets) {
+            let mut grad = p.grad();
+            if *bound || !grad.defined() {
+                continue;
+            }
+            let mut view = self.flat_grads.narrow(0, offset, len);
+            view.copy_(&grad.reshape([-1]));
+            grad.set_data(&view.view(p.size().as_slice()));
+            *bound = true;
         }
     }
 
     /// Applies one update with learning rate `lr` from the gradients in the parameters.
     pub fn step(&mut self, lr: f64) {
+        self.bind_grads();
         let c = self.config.clone();
         self.steps += 1;
         let t = self.steps as f64;
         tch::no_grad(|| {
-            let clip_scale = c.grad_clip.map(|max| {
-                let norms: Vec<Tensor> = self.params.iter().filter(|p| p.grad().defined()).map(|p| p.grad().square().sum(Kind::Float)).collect();
-                let norm = Tensor::stack(&norms, 0).sum(Kind::Float).sqrt();
-                (norm + 1e-6).reciprocal().multiply_scalar(max).clamp_max(1.0)
-            });
-            for (p, buffers) in self.params.iter_mut().zip(self.buffers.iter_mut()) {
-                let mut g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                if let Some(scale) = &clip_scale {
-                    g = g * scale;
-                }
-                if c.weight_decay > 0.0 {
-                    g = g + &*p * c.weight_decay;
-                }
-                let update = match c.kind {
-                    OptimizerKind::Sgd => {
-                        let v = &mut buffers[0];
-                        let _ = v.g_mul_scalar_(c.momentum).g_add_(&g);
-                        &g + &*v * c.momentum
-                    }
-                    OptimizerKind::Rmsprop => {
-                        let _ = buffers[0].g_mul_scalar_(c.rms_decay).g_add_(&(g.square() * (1.0 - c.rms_decay)));
-                        let rescaled = &g / (buffers[0].sqrt() + c.epsilon);
-                        let v = &mut buffers[1];
-                        let _ = v.g_mul_scalar_(c.momentum).g_add_(&rescaled);
-                        rescaled + &*v * c.momentum
-                    }
-                    OptimizerKind::Adam => {
-                        let _ = buffers[0].g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
-                        let _ = buffers[1].g_mul_scalar_(c.beta2).g_add_(&(g.square() * (1.0 - c.beta2)));
-                        let m_hat = &buffers[0] / (1.0 - c.beta1.powf(t));
-                        let s_hat = &buffers[1] / (1.0 - c.beta2.powf(t));
-                        m_hat / (s_hat.sqrt() + c.epsilon)
-                    }
-                };
-                let _ = p.g_sub_(&(update * lr));
+            let mut g = self.flat_grads.shallow_clone();
+            if let Some(max) = c.grad_clip {
+                let scale = (g.norm() + 1e-6).reciprocal().multiply_scalar(max).clamp_max(1.0);
+                g = g * scale;
             }
+            if c.weight_decay > 0.0 {
+                g = g + &self.flat_params * c.weight_decay;
+            }
+            let update = match c.kind {
+                OptimizerKind::Sgd => {
+                    let v = &mut self.buffers[0];
+                    let _ = v.g_mul_scalar_(c.momentum).g_add_(&g);
+                    &g + &*v * c.momentum
+                }
+                OptimizerKind::Rmsprop => {
+                    let _ = self.buffers[0].lerp_(&g.square(), 1.0 - c.rms_decay);
+                    let rescaled = &g / (self.buffers[0].sqrt() + c.epsilon);
+                    let v = &mut self.buffers[1];
+                    let _ = v.g_mul_scalar_(c.momentum).g_add_(&rescaled);
+                    rescaled + &*v * c.momentum
+                }
+                OptimizerKind::Adam => {
+                    let _ = self.buffers[0].lerp_(&g, 1.0 - c.beta1);
+                    let _ = self.buffers[1].lerp_(&g.square(), 1.0 - c.beta2);
+                    let m_hat = &self.buffers[0] / (1.0 - c.beta1.powf(t));
+                    let s_hat = &self.buffers[1] / (1.0 - c.beta2.powf(t));
+                    m_hat / (s_hat.sqrt() + c.epsilon)
+                }
+            };
+            let _ = self.flat_params.g_sub_(&(update * lr));
         });
     }
 
     /// The state as named tensors, for checkpoints.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("steps".to_string(), Tensor::from(self.steps))];
-        for (name, buffers) in self.names.iter().zip(&self.buffers) {
-            for (j, b) in buffers.iter().enumerate() {
-                out.push((format!("{name}#{j}"), b.shallow_clone()));
-            }
-        }
+        out.extend(self.buffers.iter().enumerate().map(|(j, b)| (format!("buffer{j}"), b.shallow_clone())));
         out
     }
 
@@ -169,15 +197,13 @@ impl Optimizer {
     pub fn load_state(&mut self, saved: &BTreeMap<String, Tensor>) -> Result<(), String> {
         self.steps = saved.get("steps").map(|t| t.int64_value(&[])).ok_or("optimizer state lacks `steps`")?;
         tch::no_grad(|| {
-            for (name, buffers) in self.names.iter().zip(self.buffers.iter_mut()) {
-                for (j, b) in buffers.iter_mut().enumerate() {
-                    let key = format!("{name}#{j}");
-                    let src = saved.get(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
-                    if src.size() != b.size() {
-                        return Err(format!("optimizer state `{key}` has shape {:?}, expected {:?}", src.size(), b.size()));
-                    }
-                    b.copy_(src);
+            for (j, b) in self.buffers.iter_mut().enumerate() {
+                let key = format!("buffer{j}");
+                let src = saved.get(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
+                if src.size() != b.size() {
+                    return Err(format!("optimizer state `{key}` has shape {:?}, expected {:?}", src.size(), b.size()));
                 }
+                b.copy_(src);
             }
             Ok(())
         })
@@ -189,19 +215,25 @@ mod tests {
     use super::*;
     use tch::Device;
 
-    /// Two steps on θ = 1 with the constant gradient 0.5 (loss 0.5·θ).
+    /// Two steps on θ = 1 with the constant gradient 0.5 (loss 0.5·θ), for every element of
+    /// two parameters of different shapes (which share the flat buffers).
     fn two_steps(kind: OptimizerKind) -> (f64, f64) {
         let vars = VarStore::new(Device::Cpu);
         let theta = vars.root().var("theta", &[1], tch::nn::Init::Const(1.0));
+        let matrix = vars.root().var("matrix", &[2, 3], tch::nn::Init::Const(1.0));
         let config = OptimizerConfig { kind, learning_rate: 0.1, momentum: 0.9, rms_decay: 0.9, ..Default::default() };
         let mut opt = Optimizer::new(&vars, config);
         let mut values = [0.0; 2];
         for value in &mut values {
             opt.zero_grad();
-            (&theta * 0.5).sum(Kind::Float).backward();
+            ((&theta * 0.5).sum(Kind::Float) + (&matrix * 0.5).sum(Kind::Float)).backward();
             opt.step(0.1);
             *value = theta.double_value(&[0]);
+            let all_equal = matrix.eq(*value).all().int64_value(&[]) == 1;
+            assert!(all_equal, "{kind:?}: matrix {matrix} differs from theta {value}");
         }
+        // The var store sees the updated values (parameters are views of the flat buffer).
+        assert_eq!(vars.variables()["theta"].double_value(&[0]), values[1]);
         (values[0], values[1])
     }
 
@@ -247,7 +279,7 @@ mod tests {
         let mut fresh = Optimizer::new(&vars, OptimizerConfig { kind: OptimizerKind::Rmsprop, ..Default::default() });
         fresh.load_state(&saved).unwrap();
         assert_eq!(fresh.steps, 1);
-        assert!(fresh.buffers[0][0].equal(&opt.buffers[0][0]));
+        assert!(fresh.buffers[0].equal(&opt.buffers[0]));
         let mut wrong = Optimizer::new(&vars, OptimizerConfig { kind: OptimizerKind::Adam, ..Default::default() });
         assert!(wrong.load_state(&BTreeMap::new()).is_err());
     }

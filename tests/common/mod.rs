@@ -44,6 +44,7 @@ impl Server {
             .args(["--default-model", &options.default_model])
             .env("RUST_LOG", "info")
             .env_remove("VAE_API_KEY")
+            .env_remove("VAE_AUTH_ALL")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in &options.env {

@@ -1,0 +1,89 @@
+//! Bearer-token access control. With an API key configured, requests that change state (any
+//! method but GET, HEAD and OPTIONS) need `Authorization: Bearer <key>`; with `auth_all`, reads
+//! need it too, except the health probes.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::problem::problem_response;
+
+#[derive(Clone)]
+pub struct AccessPolicy {
+    /// The key; never logged (its Debug form is redacted).
+    key: Option<Arc<str>>,
+    auth_all: bool,
+}
+
+impl std::fmt::Debug for AccessPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessPolicy").field("key", &self.key.as_ref().map(|_| "<redacted>")).field("auth_all", &self.auth_all).finish()
+    }
+}
+
+impl AccessPolicy {
+    pub fn new(key: Option<String>, auth_all: bool) -> Self {
+        Self { key: key.filter(|k| !k.is_empty()).map(Arc::from), auth_all }
+    }
+
+    fn needs_key(&self, method: &Method, path: &str) -> bool {
+        let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
+        let probe = matches!(path, "/healthz" | "/readyz");
+        self.key.is_some() && (!read || (self.auth_all && !probe))
+    }
+
+    fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(key) = &self.key else { return true };
+        let given = authorization.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        constant_time_eq(given.as_bytes(), key.as_bytes())
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal how much of the key matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut difference = (a.len() ^ b.len()) as u8 | u8::from(a.len() != b.len());
+    for (i, &byte) in b.iter().enumerate() {
+        difference |= a.get(i).copied().unwrap_or(0) ^ byte;
+    }
+    difference == 0
+}
+
+pub async fn require_api_key(State(policy): State<AccessPolicy>, request: Request, next: Next) -> Response {
+    if policy.needs_key(request.method(), request.uri().path()) && !policy.accepts(request.headers().get(header::AUTHORIZATION)) {
+        let mut response = problem_response(StatusCode::UNAUTHORIZED, "this request needs `Authorization: Bearer <VAE_API_KEY>`");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"vae-serve\""));
+        return response;
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compares_keys_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secre", b"secret"));
+        assert!(!constant_time_eq(b"secret!", b"secret"));
+        assert!(!constant_time_eq(b"", b"secret"));
+    }
+
+    #[test]
+    fn mutations_need_the_key_and_reads_only_with_auth_all() {
+        let open = AccessPolicy::new(None, true);
+        assert!(!open.needs_key(&Method::POST, "/train"));
+        let keyed = AccessPolicy::new(Some("k".into()), false);
+        assert!(keyed.needs_key(&Method::POST, "/train") && keyed.needs_key(&Method::DELETE, "/v1/jobs/1"));
+        assert!(!keyed.needs_key(&Method::GET, "/sample"));
+        let strict = AccessPolicy::new(Some("k".into()), true);
+        assert!(strict.needs_key(&Method::GET, "/sample") && !strict.needs_key(&Method::GET, "/healthz"));
+        assert!(keyed.accepts(Some(&HeaderValue::from_static("Bearer k"))));
+        assert!(!keyed.accepts(Some(&HeaderValue::from_static("Basic k"))) && !keyed.accepts(None));
+        assert!(!format!("{keyed:?}").contains("\"k\""));
+    }
+}
