@@ -58,6 +58,9 @@ pub struct TrainArgs {
     pub momentum: f64,
     #[arg(long)]
     pub grad_clip: Option<f64>,
+    /// Polyak-average the weights with this decay (e.g. 0.999); the model keeps the average.
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
     #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
     pub schedule: ScheduleArg,
     /// Step schedule: epochs between decays (gamma 0.5).
@@ -137,6 +140,7 @@ impl TrainArgs {
                 learning_rate: self.learning_rate,
                 momentum: self.momentum,
                 grad_clip: self.grad_clip,
+                ema_decay: self.ema_decay,
                 ..Default::default()
             },
             schedule: match self.schedule {

@@ -117,6 +117,9 @@ impl TrainOptions {
                 return invalid(format!("schedule.min_factor = {min_factor} must be in [0, 1]"));
             }
         }
+        if self.optimizer.ema_decay.is_some() && !self.bn_recompute {
+            return invalid("weight averaging (optimizer.ema_decay) needs bn_recompute: averaged weights need their own BN statistics".into());
+        }
         if self.model.architecture == Architecture::SemiSupervised {
             let k = self.model.num_classes() as usize;
             if self.labeled == 0 || self.labeled % k != 0 {
@@ -286,6 +289,7 @@ pub fn train(
         progress(Progress::Epoch(metrics));
     }
 
+    optimizer.use_averaged_weights();
     if options.bn_recompute {
         recompute_batch_norm(&model, &train_set, options.batch_size);
     }

@@ -41,6 +41,9 @@ pub struct OptimizerConfig {
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value.
     pub grad_clip: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay (Polyak averaging);
+    /// the final model uses the averaged weights.
+    pub ema_decay: Option<f64>,
 }
 
 impl Default for OptimizerConfig {
@@ -55,6 +58,7 @@ impl Default for OptimizerConfig {
             epsilon: 1e-8,
             weight_decay: 0.0,
             grad_clip: None,
+            ema_decay: None,
         }
     }
 }
@@ -69,6 +73,9 @@ impl OptimizerConfig {
         unit("rms_decay", self.rms_decay)?;
         unit("beta1", self.beta1)?;
         unit("beta2", self.beta2)?;
+        if let Some(decay) = self.ema_decay {
+            unit("ema_decay", decay)?;
+        }
         if !(self.epsilon > 0.0) || self.weight_decay < 0.0 || self.grad_clip.is_some_and(|c| !(c > 0.0)) {
             return Err("optimizer.epsilon must be > 0, weight_decay ≥ 0 and grad_clip > 0".into());
         }
@@ -96,6 +103,10 @@ pub struct Optimizer {
     grads_bound: Vec<bool>,
     offsets: Vec<(i64, i64)>,
     buffers: Vec<Tensor>,
+    /// Reused for intermediate results of the update.
+    scratch: Tensor,
+    /// The moving average of `flat_params`, when weight averaging is on.
+    average: Option<Tensor>,
     steps: i64,
 }
 
@@ -120,7 +131,9 @@ impl Optimizer {
         });
         let buffers = (0..config.buffers_per_param()).map(|_| Tensor::zeros([total], options)).collect();
         let grads_bound = vec![false; params.len()];
-        Self { config, params, flat_params, flat_grads: Tensor::zeros([total], options), grads_bound, offsets, buffers, steps: 0 }
+        let average = config.ema_decay.map(|_| flat_params.copy());
+        let (flat_grads, scratch) = (Tensor::zeros([total], options), Tensor::zeros([total], options));
+        Self { config, params, flat_params, flat_grads, grads_bound, offsets, buffers, scratch, average, steps: 0 }
     }
 
     pub fn zero_grad(&mut self) {
@@ -153,43 +166,72 @@ impl Optimizer {
         self.steps += 1;
         let t = self.steps as f64;
         tch::no_grad(|| {
-            let mut g = self.flat_grads.shallow_clone();
+            let g = &mut self.flat_grads;
             if let Some(max) = c.grad_clip {
                 let scale = (g.norm() + 1e-6).reciprocal().multiply_scalar(max).clamp_max(1.0);
-                g = g * scale;
+                let _ = g.g_mul_(&scale);
             }
             if c.weight_decay > 0.0 {
-                g = g + &self.flat_params * c.weight_decay;
+                let _ = g.g_add_(&(&self.flat_params * c.weight_decay));
             }
-            let update = match c.kind {
+            let g = &*g;
+            // In-place kernels into a reused scratch buffer: no allocation per step, and as few
+            // passes over the parameters as the rule allows.
+            let scratch = &mut self.scratch;
+            let params = &mut self.flat_params;
+            match c.kind {
                 OptimizerKind::Sgd => {
                     let v = &mut self.buffers[0];
-                    let _ = v.g_mul_scalar_(c.momentum).g_add_(&g);
-                    &g + &*v * c.momentum
+                    let _ = v.g_mul_scalar_(c.momentum).g_add_(g);
+                    let _ = params.g_add_(&(g * -lr));
+                    let _ = params.g_add_(&(&*v * (-lr * c.momentum)));
                 }
                 OptimizerKind::Rmsprop => {
-                    let _ = self.buffers[0].lerp_(&g.square(), 1.0 - c.rms_decay);
-                    let rescaled = &g / (self.buffers[0].sqrt() + c.epsilon);
-                    let v = &mut self.buffers[1];
-                    let _ = v.g_mul_scalar_(c.momentum).g_add_(&rescaled);
-                    rescaled + &*v * c.momentum
+                    let (rms, v) = self.buffers.split_at_mut(1);
+                    let (rms, v) = (&mut rms[0], &mut v[0]);
+                    let _ = g.mul_out(scratch, g);
+                    let _ = rms.lerp_(scratch, 1.0 - c.rms_decay);
+                    let _ = rms.sqrt_out(scratch);
+                    let _ = scratch.g_add_scalar_(c.epsilon);
+                    let _ = v.g_mul_scalar_(c.momentum).addcdiv_(g, scratch);
+                    // θ −= η·ĝ as θ += g / (−(√r + ε)/η), then θ −= η·μ·v.
+                    let _ = scratch.g_mul_scalar_(-1.0 / lr);
+                    let _ = params.addcdiv_(g, scratch);
+                    let _ = params.g_add_(&(&*v * (-lr * c.momentum)));
                 }
                 OptimizerKind::Adam => {
-                    let _ = self.buffers[0].lerp_(&g, 1.0 - c.beta1);
-                    let _ = self.buffers[1].lerp_(&g.square(), 1.0 - c.beta2);
-                    let m_hat = &self.buffers[0] / (1.0 - c.beta1.powf(t));
-                    let s_hat = &self.buffers[1] / (1.0 - c.beta2.powf(t));
-                    m_hat / (s_hat.sqrt() + c.epsilon)
+                    let (m, s) = self.buffers.split_at_mut(1);
+                    let (m, s) = (&mut m[0], &mut s[0]);
+                    let (correction1, correction2) = (1.0 - c.beta1.powf(t), 1.0 - c.beta2.powf(t));
+                    let _ = m.lerp_(g, 1.0 - c.beta1);
+                    let _ = g.mul_out(scratch, g);
+                    let _ = s.lerp_(scratch, 1.0 - c.beta2);
+                    // scratch = k·(√ŝ + ε) with k = −(1 − β₁ᵗ)/η, so θ += m / scratch = −η·m̂/(√ŝ + ε).
+                    let k = -correction1 / lr;
+                    let _ = s.sqrt_out(scratch);
+                    let _ = scratch.g_mul_scalar_(k / correction2.sqrt()).g_add_scalar_(c.epsilon * k);
+                    let _ = params.addcdiv_(m, scratch);
                 }
-            };
-            let _ = self.flat_params.g_sub_(&(update * lr));
+            }
+            if let (Some(average), Some(decay)) = (&mut self.average, c.ema_decay) {
+                // Short memory at first, so the average is not dominated by the initial weights.
+                let decay = decay.min((1.0 + t) / (10.0 + t));
+                let _ = average.lerp_(&self.flat_params, 1.0 - decay);
+            }
         });
+    }
+
+    /// Replaces the weights with their moving average (no-op without weight averaging).
+    pub fn use_averaged_weights(&mut self) {
+        if let Some(average) = &self.average {
+            tch::no_grad(|| self.flat_params.copy_(average));
+        }
     }
 
     /// The state as named tensors, for checkpoints.
     pub fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = vec![("steps".to_string(), Tensor::from(self.steps))];
-        out.extend(self.buffers.iter().enumerate().map(|(j, b)| (format!("buffer{j}"), b.shallow_clone())));
+        out.extend(self.buffers.iter().chain(&self.average).enumerate().map(|(j, b)| (format!("buffer{j}"), b.shallow_clone())));
         out
     }
 
@@ -197,7 +239,7 @@ impl Optimizer {
     pub fn load_state(&mut self, saved: &BTreeMap<String, Tensor>) -> Result<(), String> {
         self.steps = saved.get("steps").map(|t| t.int64_value(&[])).ok_or("optimizer state lacks `steps`")?;
         tch::no_grad(|| {
-            for (j, b) in self.buffers.iter_mut().enumerate() {
+            for (j, b) in self.buffers.iter_mut().chain(self.average.as_mut()).enumerate() {
                 let key = format!("buffer{j}");
                 let src = saved.get(&key).ok_or_else(|| format!("optimizer state lacks `{key}`"))?;
                 if src.size() != b.size() {
@@ -265,6 +307,26 @@ mod tests {
         let (a, b) = two_steps(OptimizerKind::Adam);
         close(a, 0.9);
         close(b, 0.8);
+    }
+
+    #[test]
+    fn weight_averaging_tracks_the_weights_with_a_short_initial_memory() {
+        let vars = VarStore::new(Device::Cpu);
+        let theta = vars.root().var("theta", &[1], tch::nn::Init::Const(1.0));
+        let config = OptimizerConfig { kind: OptimizerKind::Sgd, momentum: 0.0, ema_decay: Some(0.99), ..Default::default() };
+        let mut opt = Optimizer::new(&vars, config);
+        for _ in 0..2 {
+            opt.zero_grad();
+            (&theta * 0.5).sum(Kind::Float).backward();
+            opt.step(0.1);
+        }
+        // θ: 1 → 0.95 → 0.90. Decay min(0.99, (1+t)/(10+t)): 2/11, then 3/12.
+        // avg₁ = 2/11·1 + 9/11·0.95; avg₂ = 3/12·avg₁ + 9/12·0.90.
+        let avg1 = 2.0 / 11.0 + 9.0 / 11.0 * 0.95;
+        let expected = 0.25 * avg1 + 0.75 * 0.90;
+        close(theta.double_value(&[0]), 0.90);
+        opt.use_averaged_weights();
+        close(theta.double_value(&[0]), expected);
     }
 
     #[test]
