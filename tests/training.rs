@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 use vae_serve::data::{self, DataOptions, Splits};
 use vae_serve::models::{artifact, Architecture, ModelConfig};
+use vae_serve::training::optim::{OptimizerConfig, OptimizerKind};
 use vae_serve::training::{eval, train, CancelToken, Progress, TrainError, TrainOptions};
 
 /// torch's random generator is process-wide: tests that check exact values run one at a time.
@@ -18,9 +19,10 @@ fn mnist(max_train: usize) -> Splits {
 
 fn small(architecture: Architecture, epochs: usize) -> TrainOptions {
     TrainOptions {
-        model: ModelConfig { architecture, hidden: vec![128, 64], latent_dim: 16, conv_channels: vec![8, 16], ..Default::default() },
+        model: ModelConfig { architecture, hidden: vec![128, 64], latent_dim: 16, conv_channels: vec![16, 32], ..Default::default() },
         epochs,
         batch_size: 64,
+        optimizer: OptimizerConfig { learning_rate: 3e-3, ..Default::default() },
         labeled: 100,
         labeled_batch_size: 32,
         ..Default::default()
@@ -110,7 +112,7 @@ fn a_published_model_loads_with_bit_identical_outputs_and_rejects_mismatched_wei
 fn resuming_from_a_checkpoint_equals_an_uninterrupted_run() {
     let _lock = TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let splits = mnist(1000);
-    let options = TrainOptions { optimizer: vae_serve::training::optim::OptimizerConfig { kind: vae_serve::training::optim::OptimizerKind::Rmsprop, learning_rate: 1e-3, ..Default::default() }, ..small(Architecture::SemiSupervised, 3) };
+    let options = TrainOptions { optimizer: OptimizerConfig { kind: OptimizerKind::Rmsprop, learning_rate: 1e-3, ..Default::default() }, ..small(Architecture::SemiSupervised, 3) };
 
     let straight = train(&options, &splits, Device::Cpu, None, &CancelToken::default(), &mut quiet).unwrap();
 
@@ -143,7 +145,7 @@ fn divergence_stops_with_a_clear_error() {
     let _lock = TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let splits = mnist(1000);
     let mut options = small(Architecture::Mlp, 1);
-    options.optimizer = vae_serve::training::optim::OptimizerConfig { kind: vae_serve::training::optim::OptimizerKind::Sgd, learning_rate: 10.0, ..Default::default() };
+    options.optimizer = OptimizerConfig { kind: OptimizerKind::Sgd, learning_rate: 10.0, ..Default::default() };
     let err = train(&options, &splits, Device::Cpu, None, &CancelToken::default(), &mut quiet).err().expect("lr 10 with SGD diverges");
     assert!(err.to_string().contains("diverged"), "{err}");
 }
