@@ -19,7 +19,10 @@ fn assert_problem(response: reqwest::blocking::Response, status: u16) -> Value {
 
 #[test]
 fn health_metrics_errors_and_request_ids_without_a_model() {
-    let server = Server::start(ServerOptions { env: vec![("VAE_MAX_BODY_BYTES".into(), "1000".into())], ..Default::default() });
+    let server = Server::start(ServerOptions {
+        env: vec![("VAE_MAX_BODY_BYTES".into(), "1000".into()), ("VAE_CORS_ORIGINS".into(), "http://console.test".into())],
+        ..Default::default()
+    });
     let http = client();
 
     assert!(server.log_contains("requests are open"), "an open server warns at start-up");
@@ -52,10 +55,23 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
     assert_eq!(echoed.headers()["x-request-id"], "test-id-42");
     assert!(server.log_contains("request_id=test-id-42"), "request id is in the logs");
 
+    // CORS for the configured origin only; large answers are compressed on request.
+    let preflight = http
+        .request(reqwest::Method::OPTIONS, server.url("/sample"))
+        .header("origin", "http://console.test")
+        .header("access-control-request-method", "GET")
+        .send()
+        .unwrap();
+    assert_eq!(preflight.headers()["access-control-allow-origin"], "http://console.test");
+    let other = http.get(server.url("/healthz")).header("origin", "http://elsewhere.test").send().unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    let compressed = http.get(server.url("/openapi.json")).header("accept-encoding", "gzip").send().unwrap();
+    assert_eq!(compressed.headers()["content-encoding"], "gzip");
+
     let metrics = http.get(server.url("/metrics")).send().unwrap();
     assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let metrics = metrics.text().unwrap();
-    assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 3"), "{metrics}");
+    assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 4"), "{metrics}");
     assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1"), "{metrics}");
     assert!(metrics.contains("# TYPE vae_http_request_duration_seconds histogram"));
     assert!(metrics.contains("process_resident_memory_bytes"));
