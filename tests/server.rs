@@ -162,3 +162,21 @@ fn an_api_key_guards_mutations_and_optionally_reads() {
     assert_eq!(http.get(strict.url("/metrics")).bearer_auth("s3cret-key").send().unwrap().status(), 200);
     assert_eq!(http.get(strict.url("/healthz")).send().unwrap().status(), 200, "probes stay open");
 }
+
+#[test]
+fn the_shipped_default_model_loads_and_serves_every_digit() {
+    let server = Server::start(ServerOptions {
+        models_dir: Some(concat!(env!("CARGO_MANIFEST_DIR"), "/models").into()),
+        default_model: "mnist-ssvae".into(),
+        ..Default::default()
+    });
+    server.wait_ready();
+    let http = client();
+    let ready: Value = http.get(server.url("/readyz")).send().unwrap().json().unwrap();
+    assert_eq!(ready["default_model_id"], "mnist-ssvae@1");
+    for digit in 0..10 {
+        let response = http.get(server.url(&format!("/sample?label={digit}&n=4&seed=1"))).send().unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(image::load_from_memory(&response.bytes().unwrap()).is_ok());
+    }
+}
