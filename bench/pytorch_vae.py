@@ -54,7 +54,7 @@ class MlpVae(nn.Module):
 
 
 class ConvVae(nn.Module):
-    def __init__(self, hidden, latent, channels=(32, 64)):
+    def __init__(self, hidden, latent, channels):
         super().__init__()
         c1, c2 = channels
         self.down = nn.Sequential(
@@ -95,6 +95,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", default="512,256")
     p.add_argument("--latent-dim", type=int, default=32)
+    p.add_argument("--conv-channels", default="16,32")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
@@ -103,7 +104,7 @@ def main():
     train_x, _ = load(a.data, "train")
     test_x, _ = load(a.data, "t10k")
     hidden = [int(h) for h in a.hidden.split(",")]
-    model = MlpVae(hidden, a.latent_dim) if a.architecture == "mlp" else ConvVae(hidden, a.latent_dim)
+    model = MlpVae(hidden, a.latent_dim) if a.architecture == "mlp" else ConvVae(hidden, a.latent_dim, [int(c) for c in a.conv_channels.split(",")])
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     steps = train_x.shape[0] // a.batch_size
     total = steps * a.epochs

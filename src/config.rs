@@ -83,6 +83,18 @@ pub struct ServeArgs {
     /// Per-request time limit in seconds (408 past it).
     #[arg(long, env = "VAE_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Rows (images or samples) that close an inference batch; 1 turns batching off.
+    #[arg(long, env = "VAE_MAX_BATCH_SIZE", default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// How long a request waits for others to batch with, in milliseconds.
+    #[arg(long, env = "VAE_MAX_BATCH_DELAY_MS", default_value_t = 2)]
+    pub max_batch_delay_ms: u64,
+    /// Requests that may wait per model; beyond it requests get 503 with Retry-After.
+    #[arg(long, env = "VAE_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// Models kept loaded at once; the least recently used is unloaded beyond this.
+    #[arg(long, env = "VAE_LOADED_MODELS", default_value_t = 4)]
+    pub loaded_models: usize,
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "VAE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -95,5 +107,14 @@ impl ServeArgs {
 
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    pub fn batching(&self) -> crate::inference::BatchingConfig {
+        crate::inference::BatchingConfig {
+            max_batch_size: self.max_batch_size.max(1),
+            max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
+            queue_capacity: self.queue_capacity.max(1),
+            loaded_models: self.loaded_models.max(1),
+        }
     }
 }

@@ -1,37 +1,72 @@
-//! Turning image tensors into PNG files: single images and grids.
+//! Turning pixel buffers into PNG images: single images, grids and strips. Plain Rust, no torch,
+//! so it can run on any thread (the HTTP layer encodes on the blocking pool).
 
 use std::io::Cursor;
 
 use image::{DynamicImage, GrayImage, ImageFormat, RgbImage};
-use tch::{Kind, Tensor};
+use serde::Serialize;
 
-/// One image `[C, H, W]` with intensities in [0, 1] as an 8-bit image.
-pub fn to_image(image: &Tensor) -> DynamicImage {
-    let size = image.size();
-    let (c, h, w) = (size[0], size[1] as u32, size[2] as u32);
-    let bytes: Vec<u8> = Vec::<u8>::try_from((image.to_device(tch::Device::Cpu).clamp(0.0, 1.0) * 255.0).round().to_kind(Kind::Uint8).permute([1, 2, 0]).contiguous().flatten(0, -1))
-        .expect("u8 tensor converts");
-    if c == 1 {
-        DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, bytes).expect("sizes match"))
-    } else {
-        DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, bytes).expect("sizes match"))
+use crate::models::ImageShape;
+
+/// `count` images of one shape, intensities in [0, 1], each stored channel-major (C×H×W).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ImageBatch {
+    pub shape: ImageShape,
+    pub pixels: Vec<f32>,
+}
+
+impl ImageBatch {
+    pub fn count(&self) -> usize {
+        self.pixels.len() / self.shape.pixels().max(1) as usize
+    }
+
+    /// The pixels of image `i`.
+    pub fn image(&self, i: usize) -> &[f32] {
+        let size = self.shape.pixels() as usize;
+        &self.pixels[i * size..(i + 1) * size]
+    }
+
+    /// Image `i` as an 8-bit picture.
+    pub fn to_picture(&self, i: usize) -> DynamicImage {
+        picture(&self.shape, self.image(i))
+    }
+
+    /// All images tiled `columns` wide with a 2-pixel black gutter.
+    pub fn grid(&self, columns: usize) -> DynamicImage {
+        let n = self.count();
+        let ImageShape { channels, height, width } = self.shape.clone();
+        let (c, h, w) = (channels as usize, height as usize, width as usize);
+        let columns = columns.clamp(1, n.max(1));
+        let rows = n.div_ceil(columns);
+        let gap = 2;
+        let (canvas_h, canvas_w) = (rows * (h + gap) + gap, columns * (w + gap) + gap);
+        let mut canvas = vec![0.0f32; c * canvas_h * canvas_w];
+        for i in 0..n {
+            let (top, left) = (gap + (i / columns) * (h + gap), gap + (i % columns) * (w + gap));
+            let src = self.image(i);
+            for ch in 0..c {
+                for y in 0..h {
+                    let from = ch * h * w + y * w;
+                    let to = ch * canvas_h * canvas_w + (top + y) * canvas_w + left;
+                    canvas[to..to + w].copy_from_slice(&src[from..from + w]);
+                }
+            }
+        }
+        picture(&ImageShape { channels, height: canvas_h as i64, width: canvas_w as i64 }, &canvas)
     }
 }
 
-/// Images `[N, C, H, W]` tiled `columns` wide with a 2-pixel gutter.
-pub fn grid(images: &Tensor, columns: i64) -> DynamicImage {
-    let size = images.size();
-    let (n, c, h, w) = (size[0], size[1], size[2], size[3]);
-    let columns = columns.clamp(1, n.max(1));
-    let rows = (n + columns - 1) / columns;
-    let gap = 2;
-    let canvas = Tensor::zeros([c, rows * (h + gap) + gap, columns * (w + gap) + gap], (Kind::Float, tch::Device::Cpu));
-    let images = images.to_device(tch::Device::Cpu);
-    for i in 0..n {
-        let (row, col) = (i / columns, i % columns);
-        canvas.narrow(1, gap + row * (h + gap), h).narrow(2, gap + col * (w + gap), w).copy_(&images.get(i));
+/// One C×H×W image with intensities in [0, 1] as an 8-bit grey or RGB picture.
+fn picture(shape: &ImageShape, pixels: &[f32]) -> DynamicImage {
+    let (h, w) = (shape.height as u32, shape.width as u32);
+    let to_byte = |v: f32| (v.clamp(0.0, 1.0) * 255.0).round() as u8;
+    if shape.channels == 1 {
+        DynamicImage::ImageLuma8(GrayImage::from_raw(w, h, pixels.iter().map(|&v| to_byte(v)).collect()).expect("sizes match"))
+    } else {
+        let plane = (h * w) as usize;
+        let rgb = (0..plane).flat_map(|i| (0..3).map(move |c| to_byte(pixels[c * plane + i]))).collect();
+        DynamicImage::ImageRgb8(RgbImage::from_raw(w, h, rgb).expect("sizes match"))
     }
-    to_image(&canvas)
 }
 
 pub fn png_bytes(image: &DynamicImage) -> Vec<u8> {
@@ -40,19 +75,37 @@ pub fn png_bytes(image: &DynamicImage) -> Vec<u8> {
     out.into_inner()
 }
 
+/// Columns of a near-square grid for `n` images.
+pub fn square_columns(n: usize) -> usize {
+    (n as f64).sqrt().ceil() as usize
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn grid_places_each_image_in_its_cell() {
-        let images = Tensor::zeros([3, 1, 4, 4], (Kind::Float, tch::Device::Cpu));
-        let _ = images.get(2).fill_(1.0);
-        let grid = grid(&images, 2).to_luma8();
+        let shape = ImageShape { channels: 1, height: 4, width: 4 };
+        let mut pixels = vec![0.0f32; 3 * 16];
+        pixels[32..48].fill(1.0);
+        let batch = ImageBatch { shape, pixels };
+        assert_eq!(batch.count(), 3);
+        let grid = batch.grid(2).to_luma8();
         assert_eq!((grid.width(), grid.height()), (2 * 6 + 2, 2 * 6 + 2));
         assert_eq!(grid.get_pixel(2, 8).0[0], 255, "third image starts the second row");
         assert_eq!(grid.get_pixel(2, 2).0[0], 0);
         let png = png_bytes(&DynamicImage::ImageLuma8(grid));
         assert_eq!(&png[1..4], b"PNG");
+    }
+
+    #[test]
+    fn colour_images_keep_their_channels() {
+        let shape = ImageShape { channels: 3, height: 1, width: 2 };
+        // Red plane, green plane, blue plane.
+        let batch = ImageBatch { shape, pixels: vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0] };
+        let rgb = batch.to_picture(0).to_rgb8();
+        assert_eq!(rgb.get_pixel(0, 0).0, [255, 0, 0]);
+        assert_eq!(rgb.get_pixel(1, 0).0, [0, 255, 0]);
     }
 }

@@ -25,8 +25,9 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     let storage = Database::open(&args.database)?;
     storage.record_start(format!("{:?}", runtime.device)).await?;
     tracing::info!(database = %args.database.display(), "storage open");
-    let models = ModelHost::start(args.models_dir.clone(), args.default_model.clone(), runtime.device);
-    let state = AppState { storage, models, metrics: Arc::new(Metrics::new()), runtime: Arc::new(runtime) };
+    let metrics = Arc::new(Metrics::new());
+    let models = ModelHost::start(args.models_dir.clone(), args.default_model.clone(), runtime.device, args.batching(), metrics.clone());
+    let state = AppState { storage, models, metrics, runtime: Arc::new(runtime) };
     let app = api::router(state, &args);
 
     let listener = TcpListener::bind(args.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;

@@ -19,11 +19,17 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
-/// Request metrics by route and status, plus process metrics (CPU, memory, fds).
+const LATENCY_BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Request metrics by route and status, per-model inference metrics, and process metrics.
 pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub inference_queue_seconds: HistogramVec,
+    pub inference_seconds: HistogramVec,
+    pub inference_batch_size: HistogramVec,
+    pub inference_requests: IntCounterVec,
 }
 
 impl Metrics {
@@ -35,19 +41,41 @@ impl Metrics {
         )
         .expect("static metric definition");
         let http_duration = HistogramVec::new(
-            HistogramOpts::new("vae_http_request_duration_seconds", "HTTP request latency, by route").buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
+            HistogramOpts::new("vae_http_request_duration_seconds", "HTTP request latency, by route").buckets(LATENCY_BUCKETS.to_vec()),
             &["method", "route"],
         )
         .expect("static metric definition");
-        registry.register(Box::new(http_requests.clone())).expect("registered once");
-        registry.register(Box::new(http_duration.clone())).expect("registered once");
+        let latency = |name: &str, help: &str| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["model"]).expect("static metric definition")
+        };
+        let inference_queue_seconds = latency("vae_inference_queue_seconds", "Time requests wait in a model's queue");
+        let inference_seconds = latency("vae_inference_batch_seconds", "Time a model takes to run one batch");
+        let inference_batch_size = HistogramVec::new(
+            HistogramOpts::new("vae_inference_batch_size", "Requests run together in one batch")
+                .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+            &["model"],
+        )
+        .expect("static metric definition");
+        let inference_requests = IntCounterVec::new(
+            Opts::new("vae_inference_requests_total", "Inference requests by model and outcome (ok, error, rejected)"),
+            &["model", "outcome"],
+        )
+        .expect("static metric definition");
+        for collector in [
+            Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(http_duration.clone()),
+            Box::new(inference_queue_seconds.clone()),
+            Box::new(inference_seconds.clone()),
+            Box::new(inference_batch_size.clone()),
+            Box::new(inference_requests.clone()),
+        ] {
+            registry.register(collector).expect("registered once");
+        }
         // Conventional process_* metrics: CPU seconds, resident memory, open fds, start time.
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registered once");
-        Self { registry, http_requests, http_duration }
+        Self { registry, http_requests, http_duration, inference_queue_seconds, inference_seconds, inference_batch_size, inference_requests }
     }
 
     /// The Prometheus text exposition of every metric.

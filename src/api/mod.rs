@@ -5,6 +5,7 @@ pub mod auth;
 pub mod health;
 pub mod inference;
 pub mod problem;
+pub mod uploads;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +14,8 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -44,20 +46,48 @@ pub struct AppState {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vae-serve", description = "Train variational autoencoders in a background job queue and serve them: sampling, reconstruction, classification."),
-    paths(health::healthz, health::readyz, health::metrics, inference::sample),
+    paths(
+        health::healthz, health::readyz, health::metrics,
+        inference::sample, inference::interpolate_labels, inference::interpolate_images,
+        inference::reconstruct, inference::classify, inference::encode,
+    ),
     components(schemas(problem::Problem, health::Health, health::Readiness)),
     tags(
         (name = "operations", description = "Liveness, readiness and metrics"),
-        (name = "inference", description = "Sampling from trained models"),
+        (name = "inference", description = "Sampling, reconstruction, classification and encoding; each also under /v1/models/{name} and /v1/models/{name}/versions/{version}"),
     ),
 )]
 pub struct ApiDoc;
+
+/// Prefixes under which the inference routes also answer, for a named model (and version).
+const MODEL_PREFIXES: [&str; 2] = ["/v1/models/{name}", "/v1/models/{name}/versions/{version}"];
+const INFERENCE_PATHS: [&str; 5] = ["/sample", "/interpolate", "/reconstruct", "/classify", "/encode"];
 
 /// The OpenAPI document as served at /openapi.json and committed in openapi/openapi.json.
 pub fn openapi_json() -> String {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    doc.to_pretty_json().expect("OpenAPI document serialises") + "\n"
+    let mut doc = serde_json::to_value(&doc).expect("OpenAPI document serialises");
+    // The model-specific forms share the handlers: document them from the top-level ones.
+    let paths = doc["paths"].as_object_mut().expect("paths object");
+    for prefix in MODEL_PREFIXES {
+        for path in INFERENCE_PATHS {
+            let mut item = paths[path].clone();
+            for (method, operation) in item.as_object_mut().expect("path item").iter_mut() {
+                let id = operation["operationId"].as_str().unwrap_or(method).to_string();
+                let suffix = if prefix.contains("{version}") { "_model_version" } else { "_model" };
+                operation["operationId"] = serde_json::Value::String(format!("{id}{suffix}"));
+                let parameters = operation.as_object_mut().expect("operation").entry("parameters").or_insert_with(|| serde_json::json!([]));
+                let parameters = parameters.as_array_mut().expect("parameters array");
+                parameters.push(serde_json::json!({"name": "name", "in": "path", "required": true, "description": "Model name", "schema": {"type": "string"}}));
+                if prefix.contains("{version}") {
+                    parameters.push(serde_json::json!({"name": "version", "in": "path", "required": true, "description": "Model version (N or vN)", "schema": {"type": "string"}}));
+                }
+            }
+            paths.insert(format!("{prefix}{path}"), item);
+        }
+    }
+    serde_json::to_string_pretty(&doc).expect("OpenAPI document serialises") + "\n"
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -69,7 +99,9 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/sample", get(inference::sample))
+        .merge(inference_routes())
+        .nest(MODEL_PREFIXES[0], inference_routes())
+        .nest(MODEL_PREFIXES[1], inference_routes())
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -78,6 +110,8 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .with_state(state);
 
     routes
+        // One body limit for every extractor: the tower layer's, not axum's separate 2 MB default.
+        .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
         // Outside the limit and timeout layers so their plain-text errors become problems too.
@@ -90,6 +124,15 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
             tracing::info_span!("request", method = %request.method(), uri = %request.uri(), request_id = %request_id)
         }).on_response(DefaultOnResponse::new().level(tracing::Level::INFO)))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+fn inference_routes() -> Router<AppState> {
+    Router::new()
+        .route("/sample", get(inference::sample))
+        .route("/interpolate", get(inference::interpolate_labels).post(inference::interpolate_images))
+        .route("/reconstruct", post(inference::reconstruct))
+        .route("/classify", post(inference::classify))
+        .route("/encode", post(inference::encode))
 }
 
 fn cors_layer(origins: &[String]) -> CorsLayer {

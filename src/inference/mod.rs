@@ -1,25 +1,150 @@
-//! The inference side: each loaded model lives on a dedicated thread (tensors are not Sync and
-//! grad mode is thread-local) and is driven through a channel, as in text-embeddings-inference.
+//! The inference side. Each loaded model lives on a dedicated thread (tensors are not Sync and
+//! grad mode is thread-local), fed by a bounded queue, as in text-embeddings-inference. The
+//! thread batches queued requests dynamically: a batch closes at `max_batch_size` rows or after
+//! `max_batch_delay`, and runs as one encoder pass and one decoder pass.
 
+pub mod input;
+mod worker;
+
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use serde::Serialize;
 use tch::Device;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, watch};
+use utoipa::ToSchema;
 
-use crate::models::{self, artifact, LoadedModel, ModelError};
-use crate::render;
+use crate::models::{artifact, ModelConfig, ModelError};
+use crate::render::ImageBatch;
+use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
-    #[error("the default model is not loaded: {0}")]
-    NotLoaded(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("model {id} could not be loaded: {why}")]
+    LoadFailed { id: String, why: String },
     #[error("{0}")]
     BadRequest(String),
+    #[error("the inference queue of {0} is full; retry shortly")]
+    Overloaded(String),
     #[error("the model worker stopped")]
     WorkerGone,
     #[error(transparent)]
     Model(#[from] ModelError),
+}
+
+/// How requests are batched.
+#[derive(Debug, Clone)]
+pub struct BatchingConfig {
+    /// Rows (images or samples) that close a batch; 1 turns batching off.
+    pub max_batch_size: usize,
+    /// How long the first request of a batch waits for company.
+    pub max_batch_delay: Duration,
+    /// Requests that may wait per model before new ones get 503.
+    pub queue_capacity: usize,
+    /// Loaded models kept; the least recently used beyond this is unloaded.
+    pub loaded_models: usize,
+}
+
+/// Which model a request is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ModelRef {
+    Default,
+    Named { name: String, version: Option<u32> },
+}
+
+/// A loaded model's identity and configuration.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// `name@version`.
+    pub id: String,
+    pub config: ModelConfig,
+}
+
+/// One end of an interpolation.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// A class (index or name); the code stays fixed and the label moves.
+    Label(String),
+    /// An image in the model's shape; its posterior mean is the end point.
+    Image(Vec<f32>),
+}
+
+/// Work for a model thread.
+#[derive(Debug, Clone)]
+pub enum Task {
+    Sample { n: usize, label: Option<String>, temperature: f64, seed: u64 },
+    Interpolate { from: Endpoint, to: Endpoint, steps: usize, seed: u64 },
+    /// Images in the model's shape, C×H×W each.
+    Analyse { images: Vec<Vec<f32>> },
+}
+
+impl Task {
+    /// Rows this task adds to a batch.
+    fn rows(&self) -> usize {
+        match self {
+            Task::Sample { n, .. } => *n,
+            Task::Interpolate { steps, .. } => *steps,
+            Task::Analyse { images } => images.len(),
+        }
+    }
+}
+
+/// Decoded images with the codes and labels they came from.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    pub images: ImageBatch,
+    pub latents: Vec<Vec<f32>>,
+    pub label: Option<i64>,
+}
+
+/// Everything the model says about one input image.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Analysis {
+    /// Posterior mean of the code.
+    pub mean: Vec<f32>,
+    /// Posterior log-variance of the code.
+    pub log_var: Vec<f32>,
+    /// Class probabilities q(y|x), for models with a classifier.
+    pub probabilities: Option<Vec<f32>>,
+    /// −log p(x | z = mean), nats.
+    pub reconstruction_error: f64,
+    /// KL(q(z|x) ‖ p(z)), nats.
+    pub kl: f64,
+    /// −(reconstruction_error + kl): the ELBO evaluated at the posterior mean, deterministic.
+    pub elbo: f64,
+    #[serde(skip)]
+    pub reconstruction: Vec<f32>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Generated(Generated),
+    Analysed(Vec<Analysis>),
+}
+
+struct Job {
+    task: Task,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Outcome, InferenceError>>,
+}
+
+#[derive(Debug, Clone)]
+enum WorkerState {
+    Loading,
+    Ready(ModelInfo),
+    Failed(String),
+}
+
+#[derive(Clone)]
+struct Worker {
+    id: String,
+    state: watch::Receiver<WorkerState>,
+    jobs: mpsc::SyncSender<Job>,
+    last_used: Instant,
 }
 
 /// Whether the default model is ready, for /readyz.
@@ -30,36 +155,22 @@ pub struct DefaultModelStatus {
     pub error: Option<String>,
 }
 
-/// Parameters of a sampling request.
-#[derive(Debug, Clone)]
-pub struct SampleRequest {
-    pub n: i64,
-    /// Class index or name.
-    pub label: Option<String>,
-    pub temperature: f64,
-    pub seed: u64,
-}
-
-/// A PNG grid of samples.
-#[derive(Debug, Clone)]
-pub struct SampleGrid {
-    pub png: Vec<u8>,
-    pub model_id: String,
-    pub label: Option<i64>,
-}
-
-enum Command {
-    Sample(SampleRequest, oneshot::Sender<Result<SampleGrid, InferenceError>>),
-}
-
 /// Handle to the model threads; cheap to clone.
 #[derive(Clone)]
 pub struct ModelHost {
-    status: Arc<RwLock<DefaultModelStatus>>,
-    commands: mpsc::Sender<Command>,
+    inner: Arc<HostInner>,
 }
 
-/// Finds `name` (latest version) or `name@N` under `models_dir`.
+struct HostInner {
+    models_dir: PathBuf,
+    default_model: String,
+    device: Device,
+    batching: BatchingConfig,
+    metrics: Arc<Metrics>,
+    workers: Mutex<HashMap<String, Worker>>,
+}
+
+/// Finds `name` (latest version) or `name@N` under `models_dir`: its id and directory.
 pub fn resolve_model(models_dir: &Path, spec: &str) -> Result<(String, PathBuf), String> {
     let (name, wanted) = match spec.split_once('@') {
         Some((name, v)) => (name, Some(v.trim_start_matches('v').parse::<u32>().map_err(|_| format!("`{spec}`: version must be a number"))?)),
@@ -76,67 +187,99 @@ pub fn resolve_model(models_dir: &Path, spec: &str) -> Result<(String, PathBuf),
 }
 
 impl ModelHost {
-    /// Starts the default model's thread, which loads it in the background.
-    pub fn start(models_dir: PathBuf, default_model: String, device: Device) -> Self {
-        let status = Arc::new(RwLock::new(DefaultModelStatus::default()));
-        let (commands, receiver) = mpsc::channel(256);
-        let thread_status = status.clone();
+    /// Starts loading the default model right away, so readiness follows start-up closely.
+    pub fn start(models_dir: PathBuf, default_model: String, device: Device, batching: BatchingConfig, metrics: Arc<Metrics>) -> Self {
+        let host = Self { inner: Arc::new(HostInner { models_dir, default_model, device, batching, metrics, workers: Mutex::new(HashMap::new()) }) };
+        if let Err(error) = host.worker(&ModelRef::Default, false) {
+            tracing::warn!(%error, "default model not available");
+        }
+        host
+    }
+
+    fn spec(&self, model: &ModelRef) -> String {
+        match model {
+            ModelRef::Default => self.inner.default_model.clone(),
+            ModelRef::Named { name, version: Some(v) } => format!("{name}@{v}"),
+            ModelRef::Named { name, version: None } => name.clone(),
+        }
+    }
+
+    /// The worker serving `model`, started (and the least recently used one stopped) if needed.
+    /// With `retry_failed`, a worker whose load failed is replaced (the files may have been fixed).
+    fn worker(&self, model: &ModelRef, retry_failed: bool) -> Result<Worker, InferenceError> {
+        let spec = self.spec(model);
+        // A missing default model means the service is not ready (503); a missing named one is a 404.
+        let (id, dir) = resolve_model(&self.inner.models_dir, &spec).map_err(|why| match model {
+            ModelRef::Default => InferenceError::LoadFailed { id: spec.clone(), why },
+            ModelRef::Named { .. } => InferenceError::NotFound(why),
+        })?;
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if retry_failed && workers.get(&id).is_some_and(|w| matches!(*w.state.borrow(), WorkerState::Failed(_))) {
+            workers.remove(&id);
+        }
+        if let Some(worker) = workers.get_mut(&id) {
+            worker.last_used = Instant::now();
+            return Ok(worker.clone());
+        }
+        while workers.len() >= self.inner.batching.loaded_models.max(1) {
+            let Some(oldest) = workers.iter().min_by_key(|(_, w)| w.last_used).map(|(k, _)| k.clone()) else { break };
+            tracing::info!(model = %oldest, "unloading the least recently used model");
+            workers.remove(&oldest);
+        }
+        let (state_tx, state) = watch::channel(WorkerState::Loading);
+        let (jobs, queue) = mpsc::sync_channel(self.inner.batching.queue_capacity);
+        let context = worker::Context {
+            id: id.clone(),
+            dir,
+            device: self.inner.device,
+            batching: self.inner.batching.clone(),
+            metrics: self.inner.metrics.clone(),
+        };
         std::thread::Builder::new()
-            .name("model-default".into())
-            .spawn(move || run_model_thread(&models_dir, &default_model, device, &thread_status, receiver))
-            .expect("spawning the model thread");
-        Self { status, commands }
+            .name(format!("model-{id}"))
+            .spawn(move || worker::run(context, state_tx, queue))
+            .map_err(|e| InferenceError::LoadFailed { id: id.clone(), why: e.to_string() })?;
+        let worker = Worker { id: id.clone(), state, jobs, last_used: Instant::now() };
+        workers.insert(id, worker.clone());
+        Ok(worker)
+    }
+
+    /// Waits until `model` is loaded and describes it.
+    pub async fn info(&self, model: &ModelRef) -> Result<ModelInfo, InferenceError> {
+        let worker = self.worker(model, true)?;
+        let mut state = worker.state.clone();
+        let state = state.wait_for(|s| !matches!(s, WorkerState::Loading)).await.map_err(|_| InferenceError::WorkerGone)?.clone();
+        match state {
+            WorkerState::Ready(info) => Ok(info),
+            WorkerState::Failed(why) => Err(InferenceError::LoadFailed { id: worker.id, why }),
+            WorkerState::Loading => unreachable!("waited for a settled state"),
+        }
+    }
+
+    /// Queues `task` for `model` and waits for its batch to run.
+    pub async fn run(&self, model: &ModelRef, task: Task) -> Result<(ModelInfo, Outcome), InferenceError> {
+        let info = self.info(model).await?;
+        let worker = self.worker(model, false)?;
+        let (reply, answer) = oneshot::channel();
+        worker.jobs.try_send(Job { task, enqueued: Instant::now(), reply }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                self.inner.metrics.inference_requests.with_label_values(&[&info.id, "rejected"]).inc();
+                InferenceError::Overloaded(info.id.clone())
+            }
+            mpsc::TrySendError::Disconnected(_) => InferenceError::WorkerGone,
+        })?;
+        let outcome = answer.await.map_err(|_| InferenceError::WorkerGone)??;
+        Ok((info, outcome))
     }
 
     pub fn default_model_status(&self) -> DefaultModelStatus {
-        self.status.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    pub async fn sample(&self, request: SampleRequest) -> Result<SampleGrid, InferenceError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands.send(Command::Sample(request, reply)).await.map_err(|_| InferenceError::WorkerGone)?;
-        answer.await.map_err(|_| InferenceError::WorkerGone)?
-    }
-}
-
-fn run_model_thread(models_dir: &Path, spec: &str, device: Device, status: &RwLock<DefaultModelStatus>, mut receiver: mpsc::Receiver<Command>) {
-    let _no_grad = tch::no_grad_guard();
-    let loaded = resolve_model(models_dir, spec)
-        .and_then(|(id, dir)| artifact::load(&dir, device).map(|(_, model)| (id, model)).map_err(|e| e.to_string()));
-    let (id, model) = match loaded {
-        Ok((id, model)) => {
-            tracing::info!(model = %id, "default model loaded");
-            *status.write().unwrap_or_else(|p| p.into_inner()) = DefaultModelStatus { loaded: true, id: Some(id.clone()), error: None };
-            (id, model)
-        }
-        Err(error) => {
-            tracing::warn!(%error, "default model not loaded");
-            *status.write().unwrap_or_else(|p| p.into_inner()) = DefaultModelStatus { loaded: false, id: None, error: Some(error.clone()) };
-            // Keep answering so requests get a clear error rather than a closed channel.
-            while let Some(command) = receiver.blocking_recv() {
-                match command {
-                    Command::Sample(_, reply) => {
-                        let _ = reply.send(Err(InferenceError::NotLoaded(error.clone())));
-                    }
-                }
-            }
-            return;
-        }
-    };
-    while let Some(command) = receiver.blocking_recv() {
-        match command {
-            Command::Sample(request, reply) => {
-                let _ = reply.send(sample_grid(&model, &id, &request));
-            }
+        match self.worker(&ModelRef::Default, false) {
+            Err(e) => DefaultModelStatus { loaded: false, id: None, error: Some(e.to_string()) },
+            Ok(worker) => match &*worker.state.borrow() {
+                WorkerState::Ready(info) => DefaultModelStatus { loaded: true, id: Some(info.id.clone()), error: None },
+                WorkerState::Loading => DefaultModelStatus { loaded: false, id: Some(worker.id.clone()), error: Some("loading".into()) },
+                WorkerState::Failed(why) => DefaultModelStatus { loaded: false, id: Some(worker.id.clone()), error: Some(why.clone()) },
+            },
         }
     }
-}
-
-fn sample_grid(model: &LoadedModel, id: &str, request: &SampleRequest) -> Result<SampleGrid, InferenceError> {
-    let config = model.model.config();
-    let label = request.label.as_deref().map(|l| models::resolve_label(config, l)).transpose().map_err(|e| InferenceError::BadRequest(e.to_string()))?;
-    tch::manual_seed(request.seed as i64);
-    let (_, images) = models::sample(model, request.n, label, request.temperature).map_err(|e| InferenceError::BadRequest(e.to_string()))?;
-    let columns = (request.n as f64).sqrt().ceil() as i64;
-    Ok(SampleGrid { png: render::png_bytes(&render::grid(&images, columns)), model_id: id.to_string(), label })
 }

@@ -82,7 +82,7 @@ impl Default for ModelConfig {
             image: ImageShape::MNIST,
             latent_dim: 32,
             hidden: vec![512, 256],
-            conv_channels: vec![32, 64],
+            conv_channels: vec![16, 32],
             likelihood: Likelihood::Bernoulli,
             label_names: (0..10).map(|d| d.to_string()).collect(),
             unlabeled_objective: UnlabeledObjective::Marginalize,
@@ -220,4 +220,10 @@ pub fn resolve_label(config: &ModelConfig, given: &str) -> Result<i64, ModelErro
         Ok(i) if (0..names.len() as i64).contains(&i) => Ok(i),
         _ => Err(ModelError::Config(format!("unknown label `{given}`; this model's labels are {}", names.join(", ")))),
     }
+}
+
+/// Image tensors `[N, C, H, W]` (intensities) as a plain pixel batch, for rendering anywhere.
+pub fn to_image_batch(shape: &ImageShape, images: &Tensor) -> crate::render::ImageBatch {
+    let pixels = Vec::<f32>::try_from(images.to_device(tch::Device::Cpu).contiguous().view([-1])).expect("float pixels");
+    crate::render::ImageBatch { shape: shape.clone(), pixels }
 }

@@ -72,7 +72,7 @@ pub struct TrainArgs {
     pub latent_dim: i64,
     #[arg(long, value_delimiter = ',', default_value = "512,256")]
     pub hidden: Vec<i64>,
-    #[arg(long, value_delimiter = ',', default_value = "32,64")]
+    #[arg(long, value_delimiter = ',', default_value = "16,32")]
     pub conv_channels: Vec<i64>,
     #[arg(long, value_enum, default_value_t = LikelihoodArg::Bernoulli)]
     pub likelihood: LikelihoodArg,
@@ -277,8 +277,8 @@ pub fn run_sample(runtime: &TorchRuntime, args: &SampleArgs) -> anyhow::Result<(
     let label = args.label.as_deref().map(|l| models::resolve_label(&manifest.config, l)).transpose()?;
     tch::manual_seed(args.seed as i64);
     let (_, images) = tch::no_grad(|| models::sample(&loaded, args.n, label, args.temperature))?;
-    let columns = (args.n as f64).sqrt().ceil() as i64;
-    write_png(&args.output, &render::grid(&images, columns))?;
+    let batch = models::to_image_batch(&manifest.config.image, &images);
+    write_png(&args.output, &batch.grid(render::square_columns(batch.count())))?;
     println!("wrote {} samples to {}", args.n, args.output.display());
     Ok(())
 }

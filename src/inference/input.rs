@@ -1,0 +1,105 @@
+//! Uploaded images → the model's input: format sniffing, size limits checked before decoding
+//! (decompression bombs), decoding and conversion to the model's shape. No torch here.
+
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::data::image_folder::to_model_pixels;
+use crate::models::ImageShape;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum InputError {
+    #[error("image {index}: the body is empty")]
+    Empty { index: usize },
+    #[error("image {index}: unsupported or unrecognised image format (send PNG, JPEG, GIF, BMP or WebP)")]
+    UnsupportedFormat { index: usize },
+    #[error("image {index}: {width}x{height} pixels exceeds the limit of {limit}x{limit}")]
+    TooLarge { index: usize, width: u32, height: u32, limit: u32 },
+    #[error("image {index}: cannot decode: {why}")]
+    Corrupt { index: usize, why: String },
+}
+
+/// What was done to an upload to fit the model, reported back to the caller.
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
+pub struct Conversion {
+    /// Format detected from the bytes, e.g. `png`.
+    pub format: String,
+    pub original_width: u32,
+    pub original_height: u32,
+    /// Resized to the model's width×height.
+    pub resized: bool,
+    /// Colour reduced to grey, or grey expanded to RGB.
+    pub colour_converted: bool,
+}
+
+/// Decodes upload `index` and converts it to `shape`: pixels C×H×W in [0, 1].
+pub fn decode(index: usize, bytes: &[u8], shape: &ImageShape, max_side: u32) -> Result<(Vec<f32>, Conversion), InputError> {
+    if bytes.is_empty() {
+        return Err(InputError::Empty { index });
+    }
+    let format = image::guess_format(bytes).map_err(|_| InputError::UnsupportedFormat { index })?;
+    if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::WebP) {
+        return Err(InputError::UnsupportedFormat { index });
+    }
+    let reader = || ImageReader::with_format(Cursor::new(bytes), format);
+    // The header alone gives the size, so oversized images are refused before any pixel is decoded.
+    let (width, height) = reader().into_dimensions().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+    if width > max_side || height > max_side {
+        return Err(InputError::TooLarge { index, width, height, limit: max_side });
+    }
+    let image = reader().decode().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+    let grey = !image.color().has_color();
+    let conversion = Conversion {
+        format: format.extensions_str().first().copied().unwrap_or("image").to_string(),
+        original_width: width,
+        original_height: height,
+        resized: (width as i64, height as i64) != (shape.width, shape.height),
+        colour_converted: grey != (shape.channels == 1),
+    };
+    Ok((to_model_pixels(&image, shape), conversion))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::png_bytes;
+
+    const MNIST: ImageShape = ImageShape::MNIST;
+
+    #[test]
+    fn converts_colour_and_size_and_says_so() {
+        let rgb = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(56, 40, image::Rgb([255, 255, 255])));
+        let (pixels, conversion) = decode(0, &png_bytes(&rgb), &MNIST, 4096).unwrap();
+        assert_eq!(pixels.len(), 784);
+        assert!(pixels.iter().all(|&p| (p - 1.0).abs() < 1e-6));
+        assert_eq!(conversion, Conversion { format: "png".into(), original_width: 56, original_height: 40, resized: true, colour_converted: true });
+        let grey = image::DynamicImage::ImageLuma8(image::GrayImage::new(28, 28));
+        let (_, conversion) = decode(0, &png_bytes(&grey), &MNIST, 4096).unwrap();
+        assert!(!conversion.resized && !conversion.colour_converted);
+    }
+
+    #[test]
+    fn refuses_bad_uploads_with_their_index() {
+        assert_eq!(decode(2, b"", &MNIST, 4096).unwrap_err(), InputError::Empty { index: 2 });
+        assert_eq!(decode(1, b"hello, not an image", &MNIST, 4096).unwrap_err(), InputError::UnsupportedFormat { index: 1 });
+        let big = image::DynamicImage::ImageLuma8(image::GrayImage::new(300, 20));
+        assert!(matches!(decode(0, &png_bytes(&big), &MNIST, 256).unwrap_err(), InputError::TooLarge { width: 300, .. }));
+        let mut truncated = png_bytes(&image::DynamicImage::ImageLuma8(image::GrayImage::new(28, 28)));
+        truncated.truncate(truncated.len() / 2);
+        assert!(matches!(decode(0, &truncated, &MNIST, 4096).unwrap_err(), InputError::Corrupt { .. }));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_from_its_header() {
+        // A PNG header claiming 100000×100000 pixels; nothing behind it is ever decoded.
+        let small = png_bytes(&image::DynamicImage::ImageLuma8(image::GrayImage::new(1, 1)));
+        let mut bomb = small.clone();
+        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let err = decode(0, &bomb, &MNIST, 4096).unwrap_err();
+        assert!(matches!(err, InputError::TooLarge { width: 100_000, height: 100_000, .. } | InputError::Corrupt { .. }), "{err:?}");
+    }
+}

@@ -1,0 +1,223 @@
+//! A model thread: loads one model, then runs queued jobs in dynamic batches — every image job
+//! of a batch through one encoder pass, every generation job through one decoder pass.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tch::{Device, Kind, Tensor};
+use tokio::sync::watch;
+
+use super::{Analysis, BatchingConfig, Endpoint, Generated, InferenceError, Job, ModelInfo, Outcome, Task, WorkerState};
+use crate::models::objective::{kl_to_standard_normal, negative_log_likelihood};
+use crate::models::{self, artifact, Architecture, LoadedModel};
+use crate::telemetry::Metrics;
+
+pub(super) struct Context {
+    pub id: String,
+    pub dir: PathBuf,
+    pub device: Device,
+    pub batching: BatchingConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Receiver<Job>) {
+    let _no_grad = tch::no_grad_guard();
+    let model = match artifact::load(&context.dir, context.device) {
+        Ok((_, model)) => model,
+        Err(error) => {
+            tracing::warn!(model = %context.id, %error, "model not loaded");
+            let _ = state.send(WorkerState::Failed(error.to_string()));
+            // Answer what was queued meanwhile, then stop; the host replaces failed workers.
+            while let Ok(job) = queue.try_recv() {
+                let _ = job.reply.send(Err(InferenceError::LoadFailed { id: context.id.clone(), why: error.to_string() }));
+            }
+            return;
+        }
+    };
+    let info = ModelInfo { id: context.id.clone(), config: model.model.config().clone() };
+    tracing::info!(model = %info.id, device = ?context.device, "model loaded");
+    let _ = state.send(WorkerState::Ready(info));
+    while let Some(batch) = next_batch(&queue, &context.batching) {
+        run_batch(&context, &model, batch);
+    }
+    tracing::info!(model = %context.id, "model unloaded");
+}
+
+/// Blocks for a first job, then gathers more until the batch is full or the delay has passed.
+fn next_batch(queue: &Receiver<Job>, batching: &BatchingConfig) -> Option<Vec<Job>> {
+    let first = queue.recv().ok()?;
+    let deadline = Instant::now() + batching.max_batch_delay;
+    let mut rows = first.task.rows();
+    let mut batch = vec![first];
+    while rows < batching.max_batch_size {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match queue.recv_timeout(wait) {
+            Ok(job) => {
+                rows += job.task.rows();
+                batch.push(job);
+            }
+            Err(RecvTimeoutError::Timeout) => break,
+            // The host dropped this worker: finish what was gathered.
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(batch)
+}
+
+fn run_batch(context: &Context, model: &LoadedModel, batch: Vec<Job>) {
+    let started = Instant::now();
+    let metrics = &context.metrics;
+    let id = context.id.as_str();
+    metrics.inference_batch_size.with_label_values(&[id]).observe(batch.len() as f64);
+    for job in &batch {
+        metrics.inference_queue_seconds.with_label_values(&[id]).observe(started.duration_since(job.enqueued).as_secs_f64());
+    }
+    let tasks: Vec<&Task> = batch.iter().map(|j| &j.task).collect();
+    // A panic inside libtorch bindings must not take the worker down with it.
+    let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(model, &tasks)))
+        .unwrap_or_else(|_| tasks.iter().map(|_| Err(InferenceError::BadRequest("the model failed on this input".into()))).collect());
+    metrics.inference_seconds.with_label_values(&[id]).observe(started.elapsed().as_secs_f64());
+    for (job, result) in batch.into_iter().zip(results) {
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics.inference_requests.with_label_values(&[id, outcome]).inc();
+        let _ = job.reply.send(result);
+    }
+}
+
+/// Runs every task of a batch; the result of each is what it would have been alone.
+fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, InferenceError>> {
+    let device = model.vars.device();
+    let shape = model.model.config().image.clone();
+    let mut results: Vec<Option<Result<Outcome, InferenceError>>> = tasks.iter().map(|_| None).collect();
+
+    // One encoder pass for every uploaded image of the batch.
+    let analysed: Vec<usize> = (0..tasks.len()).filter(|&i| matches!(tasks[i], Task::Analyse { .. })).collect();
+    if !analysed.is_empty() {
+        let pixels: Vec<f32> = analysed.iter().flat_map(|&i| match tasks[i] {
+            Task::Analyse { images } => images.iter().flatten().copied().collect::<Vec<_>>(),
+            _ => unreachable!("filtered above"),
+        }).collect();
+        let [c, h, w] = shape.dims();
+        let x = Tensor::from_slice(&pixels).view([-1, c, h, w]).to_device(device);
+        let mut analyses = analyse(model, &x).into_iter();
+        for &i in &analysed {
+            let Task::Analyse { images } = tasks[i] else { unreachable!("filtered above") };
+            results[i] = Some(Ok(Outcome::Analysed(analyses.by_ref().take(images.len()).collect())));
+        }
+    }
+
+    // One decoder pass for every code to decode: samples and interpolations.
+    let mut codes: Vec<(usize, Tensor, Option<Tensor>, Option<i64>)> = Vec::new();
+    for (i, task) in tasks.iter().enumerate() {
+        let planned = match task {
+            Task::Sample { n, label, temperature, seed } => plan_sample(model, *n, label.as_deref(), *temperature, *seed),
+            Task::Interpolate { from, to, steps, seed } => plan_interpolation(model, from, to, *steps, *seed),
+            Task::Analyse { .. } => continue,
+        };
+        match planned {
+            Ok((z, y, label)) => codes.push((i, z, y, label)),
+            Err(e) => results[i] = Some(Err(e)),
+        }
+    }
+    if !codes.is_empty() {
+        let z = Tensor::cat(&codes.iter().map(|(_, z, _, _)| z.shallow_clone()).collect::<Vec<_>>(), 0);
+        let config = model.model.config();
+        let y = (config.architecture == Architecture::SemiSupervised).then(|| {
+            let k = config.num_classes();
+            let parts: Vec<Tensor> = codes
+                .iter()
+                .map(|(_, z, y, _)| y.as_ref().map(|y| y.shallow_clone()).unwrap_or_else(|| Tensor::full([z.size()[0], k], 1.0 / k as f64, (Kind::Float, device))))
+                .collect();
+            Tensor::cat(&parts, 0)
+        });
+        let images = models::intensities(config, &model.model.decode(&z, y.as_ref(), false)).to_device(Device::Cpu);
+        let mut offset = 0;
+        for (i, z, _, label) in codes {
+            let n = z.size()[0];
+            let latents = Vec::<Vec<f32>>::try_from(z.to_device(Device::Cpu)).expect("float codes");
+            let images = models::to_image_batch(&shape, &images.narrow(0, offset, n));
+            results[i] = Some(Ok(Outcome::Generated(Generated { images, latents, label })));
+            offset += n;
+        }
+    }
+    results.into_iter().map(|r| r.expect("every task produced a result")).collect()
+}
+
+fn analyse(model: &LoadedModel, x: &Tensor) -> Vec<Analysis> {
+    let vae = &*model.model;
+    let config = vae.config();
+    let posterior = vae.encode(x, false);
+    let probabilities = vae.classify(x, false).map(|logits| logits.softmax(1, Kind::Float));
+    // Semi-supervised decoders see the predicted class distribution in place of a label.
+    let params = vae.decode(&posterior.mean, probabilities.as_ref(), false);
+    let nll = negative_log_likelihood(config.likelihood, &params, x, vae.likelihood_log_var());
+    let kl = kl_to_standard_normal(&posterior);
+    let cpu = |t: &Tensor| t.to_device(Device::Cpu);
+    let rows = |t: &Tensor| Vec::<Vec<f32>>::try_from(cpu(t).flatten(1, -1)).expect("float rows");
+    let (means, log_vars, reconstructions) = (rows(&posterior.mean), rows(&posterior.log_var), rows(&models::intensities(config, &params)));
+    let probabilities = probabilities.map(|p| rows(&p));
+    let nll = Vec::<f64>::try_from(cpu(&nll).to_kind(Kind::Double)).expect("doubles");
+    let kl = Vec::<f64>::try_from(cpu(&kl).to_kind(Kind::Double)).expect("doubles");
+    (0..means.len())
+        .map(|i| Analysis {
+            mean: means[i].clone(),
+            log_var: log_vars[i].clone(),
+            probabilities: probabilities.as_ref().map(|p| p[i].clone()),
+            reconstruction_error: nll[i],
+            kl: kl[i],
+            elbo: -(nll[i] + kl[i]),
+            reconstruction: reconstructions[i].clone(),
+        })
+        .collect()
+}
+
+type Plan = Result<(Tensor, Option<Tensor>, Option<i64>), InferenceError>;
+
+fn one_hot(model: &LoadedModel, label: i64, rows: i64) -> Tensor {
+    let k = model.model.config().num_classes();
+    Tensor::full([rows], label, (Kind::Int64, model.vars.device())).one_hot(k).to_kind(Kind::Float)
+}
+
+fn label_of(model: &LoadedModel, given: &str) -> Result<i64, InferenceError> {
+    models::resolve_label(model.model.config(), given).map_err(|e| InferenceError::BadRequest(e.to_string()))
+}
+
+/// Codes z ~ N(0, T²I) drawn from `seed` alone, so a request gets the same samples in any batch.
+fn plan_sample(model: &LoadedModel, n: usize, label: Option<&str>, temperature: f64, seed: u64) -> Plan {
+    let label = label.map(|l| label_of(model, l)).transpose()?;
+    tch::manual_seed(seed as i64);
+    let latent = model.model.config().latent_dim;
+    let z = Tensor::randn([n as i64, latent], (Kind::Float, model.vars.device())) * temperature;
+    let y = label.map(|l| one_hot(model, l, n as i64));
+    Ok((z, y, label))
+}
+
+/// Between two labels: one code, the label blended from one class to the other. Between two
+/// images: their posterior means joined by a straight line (labels blended likewise).
+fn plan_interpolation(model: &LoadedModel, from: &Endpoint, to: &Endpoint, steps: usize, seed: u64) -> Plan {
+    let device = model.vars.device();
+    let weights = Tensor::linspace(0.0, 1.0, steps as i64, (Kind::Float, device)).unsqueeze(1);
+    let blend = |a: &Tensor, b: &Tensor| a * (1.0 - &weights) + b * &weights;
+    match (from, to) {
+        (Endpoint::Label(a), Endpoint::Label(b)) => {
+            let (a, b) = (label_of(model, a)?, label_of(model, b)?);
+            tch::manual_seed(seed as i64);
+            let z = Tensor::randn([1, model.model.config().latent_dim], (Kind::Float, device)).repeat([steps as i64, 1]);
+            Ok((z, Some(blend(&one_hot(model, a, 1), &one_hot(model, b, 1))), None))
+        }
+        (Endpoint::Image(a), Endpoint::Image(b)) => {
+            let [c, h, w] = model.model.config().image.dims();
+            let x = Tensor::from_slice(&[a.as_slice(), b.as_slice()].concat()).view([2, c, h, w]).to_device(device);
+            let mean = model.model.encode(&x, false).mean;
+            let z = blend(&mean.get(0).unsqueeze(0), &mean.get(1).unsqueeze(0));
+            let y = model.model.classify(&x, false).map(|logits| {
+                let p = logits.softmax(1, Kind::Float);
+                blend(&p.get(0).unsqueeze(0), &p.get(1).unsqueeze(0))
+            });
+            Ok((z, y, None))
+        }
+        _ => Err(InferenceError::BadRequest("interpolate between two labels or between two images".into())),
+    }
+}
