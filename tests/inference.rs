@@ -1,0 +1,285 @@
+//! Inference endpoints over real HTTP against the shipped default model (semi-supervised, MNIST)
+//! and a small unconditional model trained in the test.
+
+mod common;
+
+use std::io::Cursor;
+
+use base64::Engine;
+use common::{client, Server, ServerOptions};
+use reqwest::blocking::multipart;
+use serde_json::{json, Value};
+use vae_serve::data::{self, DataOptions};
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
+
+fn shipped_server(env: Vec<(String, String)>) -> Server {
+    let server = Server::start(ServerOptions { models_dir: Some(SHIPPED.into()), default_model: "mnist-ssvae".into(), env });
+    server.wait_ready();
+    server
+}
+
+/// The first `n` MNIST test digits as PNG files, with their labels.
+fn test_digits(n: usize) -> Vec<(Vec<u8>, i64)> {
+    let source = data::resolve("mnist", &common::shared_data()).unwrap();
+    let splits = data::load(&source, &DataOptions { validation_fraction: 0.0, max_train: Some(10), ..Default::default() }).unwrap();
+    let test = splits.test.first(n);
+    let pixels = Vec::<u8>::try_from((test.images * 255.0).round().to_kind(tch::Kind::Uint8).view([-1])).unwrap();
+    let labels = Vec::<i64>::try_from(&test.labels).unwrap();
+    pixels
+        .chunks(784)
+        .zip(labels)
+        .map(|(p, l)| {
+            let image = image::GrayImage::from_raw(28, 28, p.to_vec()).unwrap();
+            let mut png = Cursor::new(Vec::new());
+            image.write_to(&mut png, image::ImageFormat::Png).unwrap();
+            (png.into_inner(), l)
+        })
+        .collect()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn problem(response: reqwest::blocking::Response, status: u16) -> String {
+    assert_eq!(response.status().as_u16(), status);
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    response.json::<Value>().unwrap()["detail"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn classification_of_the_shipped_model_is_accurate_over_http_in_every_input_form() {
+    let server = shipped_server(vec![]);
+    let http = client();
+    let digits = test_digits(500);
+
+    // 500 test digits, 50 per JSON request.
+    let mut correct = 0;
+    for chunk in digits.chunks(50) {
+        let body = json!({ "images": chunk.iter().map(|(png, _)| b64(png)).collect::<Vec<_>>() });
+        let answer: Value = http.post(server.url("/classify")).json(&body).send().unwrap().json().unwrap();
+        for ((_, label), result) in chunk.iter().zip(answer["results"].as_array().unwrap()) {
+            correct += (result["label"].as_i64().unwrap() == *label) as usize;
+            let total: f64 = result["probabilities"].as_object().unwrap().values().map(|p| p.as_f64().unwrap()).sum();
+            assert!((total - 1.0).abs() < 1e-4);
+        }
+    }
+    let accuracy = correct as f64 / 500.0;
+    assert!(accuracy >= 0.90, "accuracy {accuracy} on 500 MNIST test digits");
+
+    // The same digit through a raw body, multipart (two images) and a data-URL JSON body.
+    let (png, label) = &digits[0];
+    let raw: Value = http.post(server.url("/classify")).header("content-type", "image/png").body(png.clone()).send().unwrap().json().unwrap();
+    let form = multipart::Form::new()
+        .part("image", multipart::Part::bytes(png.clone()).file_name("a.png"))
+        .part("image", multipart::Part::bytes(digits[1].0.clone()).file_name("b.png"));
+    let multi: Value = http.post(server.url("/classify")).multipart(form).send().unwrap().json().unwrap();
+    let data_url: Value = http
+        .post(server.url("/classify"))
+        .json(&json!({ "images": [format!("data:image/png;base64,{}", b64(png))] }))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(multi["results"].as_array().unwrap().len(), 2);
+    for answer in [&raw, &multi, &data_url] {
+        assert_eq!(answer["model"], "mnist-ssvae@1");
+        assert_eq!(answer["results"][0]["label"], raw["results"][0]["label"]);
+        assert_eq!(answer["results"][0]["probability"], raw["results"][0]["probability"], "same input, same answer in any form");
+    }
+    assert_eq!(raw["results"][0]["label"].as_i64().unwrap(), *label);
+    assert_eq!(raw["results"][0]["name"], label.to_string());
+    assert_eq!(raw["results"][0]["conversion"], json!({"format": "png", "original_width": 28, "original_height": 28, "resized": false, "colour_converted": false}));
+
+    // Colour and size are converted, and the answer says so.
+    let big = image::DynamicImage::ImageLuma8(image::load_from_memory(png).unwrap().to_luma8()).resize_exact(56, 56, image::imageops::FilterType::Triangle).to_rgb8();
+    let mut big_png = Cursor::new(Vec::new());
+    big.write_to(&mut big_png, image::ImageFormat::Png).unwrap();
+    let converted: Value = http.post(server.url("/classify")).header("content-type", "image/png").body(big_png.into_inner()).send().unwrap().json().unwrap();
+    assert_eq!(converted["results"][0]["conversion"]["resized"], true);
+    assert_eq!(converted["results"][0]["conversion"]["colour_converted"], true);
+    assert_eq!(converted["results"][0]["label"].as_i64().unwrap(), *label);
+}
+
+#[test]
+fn reconstructions_resemble_their_inputs_and_encodings_are_batch_independent() {
+    let server = shipped_server(vec![]);
+    let http = client();
+    let digits = test_digits(10);
+    let body = json!({ "images": digits.iter().map(|(png, _)| b64(png)).collect::<Vec<_>>() });
+    let answer: Value = http.post(server.url("/reconstruct")).json(&body).send().unwrap().json().unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 10);
+    let pixels = |b64png: &str| -> Vec<f32> {
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64png).unwrap();
+        image::load_from_memory(&bytes).unwrap().to_luma8().into_raw().into_iter().map(|v| v as f32 / 255.0).collect()
+    };
+    let originals: Vec<Vec<f32>> = digits.iter().map(|(png, _)| image::load_from_memory(png).unwrap().to_luma8().into_raw().into_iter().map(|v| v as f32 / 255.0).collect()).collect();
+    let distance = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
+    for (i, result) in results.iter().enumerate() {
+        let reconstruction = pixels(result["reconstruction"].as_str().unwrap());
+        let own = distance(&reconstruction, &originals[i]);
+        for (j, other) in originals.iter().enumerate().filter(|(j, _)| *j != i) {
+            assert!(own < distance(&reconstruction, other), "reconstruction {i} is closer to digit {j} than to its input");
+        }
+        let (error, kl, elbo) = (result["reconstruction_error"].as_f64().unwrap(), result["kl"].as_f64().unwrap(), result["elbo"].as_f64().unwrap());
+        assert!(error > 0.0 && kl > 0.0 && (elbo + error + kl).abs() < 1e-6);
+        assert!(elbo > -300.0, "ELBO {elbo} of a test digit");
+    }
+
+    // A grid of reconstructions as one PNG.
+    let grid = http.post(server.url("/reconstruct?format=png")).json(&body).send().unwrap();
+    assert_eq!(grid.headers()["content-type"], "image/png");
+    let grid = image::load_from_memory(&grid.bytes().unwrap()).unwrap();
+    assert_eq!((grid.width(), grid.height()), (4 * 30 + 2, 3 * 30 + 2));
+
+    // Encoding one image alone equals encoding it among others.
+    let together: Value = http.post(server.url("/encode")).json(&body).send().unwrap().json().unwrap();
+    let alone: Value = http.post(server.url("/encode")).header("content-type", "image/png").body(digits[3].0.clone()).send().unwrap().json().unwrap();
+    let close = |a: &Value, b: &Value| a.as_array().unwrap().iter().zip(b.as_array().unwrap()).all(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4);
+    assert!(close(&alone["results"][0]["mean"], &together["results"][3]["mean"]));
+    assert!(close(&alone["results"][0]["log_var"], &together["results"][3]["log_var"]));
+    assert_eq!(alone["results"][0]["mean"].as_array().unwrap().len(), 32);
+}
+
+#[test]
+fn sampling_and_interpolation_by_label_name_and_image() {
+    let server = shipped_server(vec![]);
+    let http = client();
+    let json_samples: Value = http.get(server.url("/sample?label=7&n=4&seed=3&format=json")).send().unwrap().json().unwrap();
+    assert_eq!(json_samples["label"], 7);
+    assert_eq!(json_samples["label_name"], "7");
+    assert_eq!(json_samples["images"].as_array().unwrap().len(), 4);
+    assert_eq!(json_samples["latents"][0].as_array().unwrap().len(), 32);
+    // The same request through the model-specific routes gives the same codes.
+    for path in ["/v1/models/mnist-ssvae/sample", "/v1/models/mnist-ssvae/versions/1/sample", "/v1/models/mnist-ssvae/versions/v1/sample"] {
+        let again: Value = http.get(server.url(&format!("{path}?label=7&n=4&seed=3&format=json"))).send().unwrap().json().unwrap();
+        assert_eq!(again["latents"], json_samples["latents"], "{path}");
+        assert_eq!(again["images"], json_samples["images"], "{path}");
+    }
+    // Samples of a class are classified as that class by the same model (mostly).
+    let samples: Value = http.get(server.url("/sample?label=3&n=32&seed=1&format=json&temperature=0.5")).send().unwrap().json().unwrap();
+    let classified: Value = http.post(server.url("/classify")).json(&json!({ "images": samples["images"] })).send().unwrap().json().unwrap();
+    let threes = classified["results"].as_array().unwrap().iter().filter(|r| r["label"] == 3).count();
+    assert!(threes >= 24, "{threes}/32 samples of class 3 are classified as 3");
+
+    let strip = http.get(server.url("/interpolate?from=3&to=8&steps=10")).send().unwrap();
+    assert_eq!(strip.status(), 200);
+    let strip = image::load_from_memory(&strip.bytes().unwrap()).unwrap();
+    assert_eq!((strip.width(), strip.height()), (10 * 30 + 2, 30 + 2));
+
+    let digits = test_digits(2);
+    let form = multipart::Form::new().part("image", multipart::Part::bytes(digits[0].0.clone())).part("image", multipart::Part::bytes(digits[1].0.clone()));
+    let between: Value = http.post(server.url("/interpolate?steps=5&format=json")).multipart(form).send().unwrap().json().unwrap();
+    assert_eq!(between["images"].as_array().unwrap().len(), 5);
+    let ends: Value = http.post(server.url("/encode")).json(&json!({"images": [b64(&digits[0].0), b64(&digits[1].0)]})).send().unwrap().json().unwrap();
+    let first: Vec<f64> = between["latents"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    let start: Vec<f64> = ends["results"][0]["mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+    assert!(first.iter().zip(&start).all(|(a, b)| (a - b).abs() < 1e-4), "the strip starts at the first image's code");
+
+    assert!(problem(http.get(server.url("/interpolate?from=3")).send().unwrap(), 400).contains("`from` and `to`"));
+    let one = multipart::Form::new().part("image", multipart::Part::bytes(digits[0].0.clone()));
+    assert!(problem(http.post(server.url("/interpolate")).multipart(one).send().unwrap(), 400).contains("exactly two"));
+}
+
+#[test]
+fn bad_input_gets_clear_problems_and_never_hurts_the_worker() {
+    let server = shipped_server(vec![("VAE_MAX_BODY_BYTES".into(), "200000".into())]);
+    let http = client();
+    let digit = test_digits(1).remove(0).0;
+    let post = |path: &str, content_type: &str, body: Vec<u8>| http.post(server.url(path)).header("content-type", content_type).body(body).send().unwrap();
+
+    assert!(problem(post("/classify", "image/png", b"not a png at all".to_vec()), 415).contains("unsupported"));
+    assert!(problem(post("/classify", "text/plain", digit.clone()), 415).contains("text/plain"));
+    assert!(problem(http.post(server.url("/classify")).send().unwrap(), 415).contains("(none)"));
+    assert!(problem(post("/classify", "image/png", vec![]), 400).contains("no image"));
+    let mut truncated = digit.clone();
+    truncated.truncate(digit.len() / 2);
+    assert!(problem(post("/reconstruct", "image/png", truncated), 400).contains("cannot decode"));
+    assert!(problem(post("/encode", "application/json", b"{\"images\": [\"%%%\"]}".to_vec()), 400).contains("images[0] is not valid base64"));
+    assert!(problem(post("/encode", "application/json", b"{\"pictures\": []}".to_vec()), 400).contains("invalid JSON"));
+    let too_many = json!({ "images": vec![b64(&digit); 65] });
+    assert!(problem(http.post(server.url("/encode")).json(&too_many).send().unwrap(), 400).contains("more than the 64"));
+    let form = multipart::Form::new().part("picture", multipart::Part::bytes(digit.clone()));
+    assert!(problem(http.post(server.url("/encode")).multipart(form).send().unwrap(), 400).contains("fields named `image`"));
+    assert!(problem(post("/encode", "image/png", vec![0u8; 300_000]), 413).contains("VAE_MAX_BODY_BYTES"));
+    // An image whose header claims a huge size is refused before decoding.
+    let huge = image::GrayImage::new(5000, 1);
+    let mut huge_png = Cursor::new(Vec::new());
+    huge.write_to(&mut huge_png, image::ImageFormat::Png).unwrap();
+    assert!(problem(post("/encode", "image/png", huge_png.into_inner()), 400).contains("exceeds the limit of 4096x4096"));
+
+    assert!(problem(http.get(server.url("/sample?n=0")).send().unwrap(), 400).contains("outside 1..=256"));
+    assert!(problem(http.get(server.url("/sample?temperature=-1")).send().unwrap(), 400).contains("temperature"));
+    assert!(problem(http.get(server.url("/v1/models/nope/sample")).send().unwrap(), 404).contains("`nope` not found"));
+    assert!(problem(http.get(server.url("/v1/models/mnist-ssvae/versions/9/sample")).send().unwrap(), 404).contains("mnist-ssvae@9"));
+    assert!(problem(http.get(server.url("/v1/models/mnist-ssvae/versions/x/sample")).send().unwrap(), 400).contains("not a number"));
+
+    // The worker is unharmed: a good request still answers.
+    let ok: Value = post("/classify", "image/png", digit).json().unwrap();
+    assert!(ok["results"][0]["label"].is_i64());
+}
+
+#[test]
+fn an_unconditional_model_refuses_labels_and_classification_with_a_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(common::BINARY)
+        .args(["train", "--device", "cpu", "--dataset", "mnist", "--architecture", "mlp", "--name", "plain", "--epochs", "1", "--max-train", "500", "--hidden", "32", "--latent-dim", "4"])
+        .arg("--models-dir")
+        .arg(dir.path())
+        .arg("--data-dir")
+        .arg(common::shared_data())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let server = Server::start(ServerOptions { models_dir: Some(dir.path().to_path_buf()), default_model: "plain".into(), ..Default::default() });
+    server.wait_ready();
+    let http = client();
+    assert!(problem(http.get(server.url("/sample?label=3")).send().unwrap(), 400).contains("no labels"));
+    assert!(problem(http.get(server.url("/interpolate?from=1&to=2")).send().unwrap(), 400).contains("no labels"));
+    let digit = test_digits(1).remove(0).0;
+    let detail = problem(http.post(server.url("/classify")).header("content-type", "image/png").body(digit.clone()).send().unwrap(), 400);
+    assert!(detail.contains("no classifier") && detail.contains("semi-supervised"), "{detail}");
+    let encoded: Value = http.post(server.url("/encode")).header("content-type", "image/png").body(digit).send().unwrap().json().unwrap();
+    assert_eq!(encoded["results"][0]["mean"].as_array().unwrap().len(), 4);
+    assert_eq!(http.get(server.url("/sample?n=4")).send().unwrap().status(), 200);
+}
+
+#[test]
+fn two_hundred_concurrent_requests_are_batched_and_all_answered_correctly() {
+    let server = shipped_server(vec![("VAE_MAX_BATCH_DELAY_MS".into(), "5".into())]);
+    let digits = test_digits(20);
+    let base = server.base.clone();
+    // Expected answers, one request at a time.
+    let http = client();
+    let expected: Vec<Value> = digits
+        .iter()
+        .map(|(png, _)| http.post(format!("{base}/classify")).header("content-type", "image/png").body(png.clone()).send().unwrap().json::<Value>().unwrap()["results"][0]["probabilities"].clone())
+        .collect();
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            let (png, base) = (digits[i % 20].0.clone(), base.clone());
+            std::thread::spawn(move || {
+                let answer: Value = client().post(format!("{base}/classify")).header("content-type", "image/png").body(png).send().unwrap().json().unwrap();
+                answer["results"][0]["probabilities"].clone()
+            })
+        })
+        .collect();
+    for (i, thread) in threads.into_iter().enumerate() {
+        let got = thread.join().unwrap();
+        let want = &expected[i % 20];
+        for (name, p) in want.as_object().unwrap() {
+            assert!((p.as_f64().unwrap() - got[name].as_f64().unwrap()).abs() < 1e-4, "request {i}: batched answer differs from the lone one");
+        }
+    }
+    let metrics = http.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    let batches = |le: &str| -> f64 {
+        let prefix = format!("vae_inference_batch_size_bucket{{model=\"mnist-ssvae@1\",le=\"{le}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{metrics}")).parse().unwrap()
+    };
+    let (single, all) = (batches("1"), batches("+Inf"));
+    assert!(all < 220.0, "{all} batches for 220 requests: nothing was batched");
+    assert!(all > single, "no batch held more than one request");
+    assert!(metrics.contains("vae_inference_requests_total{model=\"mnist-ssvae@1\",outcome=\"ok\"} 220"), "{metrics}");
+}
