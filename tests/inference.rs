@@ -283,3 +283,32 @@ fn two_hundred_concurrent_requests_are_batched_and_all_answered_correctly() {
     assert!(all > single, "no batch held more than one request");
     assert!(metrics.contains("vae_inference_requests_total{model=\"mnist-ssvae@1\",outcome=\"ok\"} 220"), "{metrics}");
 }
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_and_recovers() {
+    let server = shipped_server(vec![
+        ("VAE_QUEUE_CAPACITY".into(), "1".into()),
+        ("VAE_MAX_BATCH_SIZE".into(), "1".into()),
+        ("VAE_MAX_BATCH_DELAY_MS".into(), "0".into()),
+    ]);
+    let base = server.base.clone();
+    let threads: Vec<_> = (0..48)
+        .map(|seed| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let response = client().get(format!("{base}/sample?n=256&seed={seed}")).send().unwrap();
+                let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (response.status().as_u16(), retry_after)
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, Option<String>)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(answers.iter().all(|(status, _)| *status == 200 || *status == 503), "{answers:?}");
+    assert!(answers.iter().any(|(status, _)| *status == 200));
+    let rejected: Vec<_> = answers.iter().filter(|(status, _)| *status == 503).collect();
+    assert!(!rejected.is_empty(), "48 concurrent large requests never filled a queue of one");
+    assert!(rejected.iter().all(|(_, retry)| retry.as_deref() == Some("1")));
+    assert_eq!(client().get(format!("{base}/sample?n=4")).send().unwrap().status(), 200, "the service recovers");
+    let metrics = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains(&format!("vae_inference_requests_total{{model=\"mnist-ssvae@1\",outcome=\"rejected\"}} {}", rejected.len())));
+}
