@@ -176,6 +176,8 @@ pub fn resolve_model(models_dir: &Path, spec: &str) -> Result<(String, PathBuf),
         Some((name, v)) => (name, Some(v.trim_start_matches('v').parse::<u32>().map_err(|_| format!("`{spec}`: version must be a number"))?)),
         None => (spec, None),
     };
+    // Names become paths: nothing outside the models directory can be named.
+    artifact::validate_name(name).map_err(|e| e.to_string())?;
     let versions = artifact::versions(models_dir, name);
     let found = match wanted {
         Some(v) => versions.into_iter().find(|(n, _)| *n == v),
@@ -244,22 +246,26 @@ impl ModelHost {
         Ok(worker)
     }
 
-    /// Waits until `model` is loaded and describes it.
-    pub async fn info(&self, model: &ModelRef) -> Result<ModelInfo, InferenceError> {
+    /// The worker for `model` once its model is loaded.
+    async fn ready_worker(&self, model: &ModelRef) -> Result<(Worker, ModelInfo), InferenceError> {
         let worker = self.worker(model, true)?;
         let mut state = worker.state.clone();
         let state = state.wait_for(|s| !matches!(s, WorkerState::Loading)).await.map_err(|_| InferenceError::WorkerGone)?.clone();
         match state {
-            WorkerState::Ready(info) => Ok(info),
+            WorkerState::Ready(info) => Ok((worker, info)),
             WorkerState::Failed(why) => Err(InferenceError::LoadFailed { id: worker.id, why }),
             WorkerState::Loading => unreachable!("waited for a settled state"),
         }
     }
 
+    /// Waits until `model` is loaded and describes it.
+    pub async fn info(&self, model: &ModelRef) -> Result<ModelInfo, InferenceError> {
+        Ok(self.ready_worker(model).await?.1)
+    }
+
     /// Queues `task` for `model` and waits for its batch to run.
     pub async fn run(&self, model: &ModelRef, task: Task) -> Result<(ModelInfo, Outcome), InferenceError> {
-        let info = self.info(model).await?;
-        let worker = self.worker(model, false)?;
+        let (worker, info) = self.ready_worker(model).await?;
         let (reply, answer) = oneshot::channel();
         worker.jobs.try_send(Job { task, enqueued: Instant::now(), reply }).map_err(|e| match e {
             mpsc::TrySendError::Full(_) => {

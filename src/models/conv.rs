@@ -7,7 +7,7 @@ use tch::{nn, nn::Module, Tensor};
 use super::batch_norm::{BatchNorm, BnControl};
 use super::layers;
 use super::mlp::{learned_log_var, BnMlp};
-use super::{BatchObjective, ModelConfig, Posterior, Vae};
+use super::{ModelConfig, Posterior, Vae};
 
 pub struct ConvVae {
     config: ModelConfig,
@@ -79,15 +79,7 @@ impl Vae for ConvVae {
         })
     }
 
-    fn classify(&self, _images: &Tensor, _train: bool) -> Option<Tensor> {
-        None
-    }
-
     fn likelihood_log_var(&self) -> Option<&Tensor> {
         self.likelihood_log_var.as_ref()
-    }
-
-    fn objective(&self, images: &Tensor, _labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
-        super::objective::unsupervised(self, images, kl_weight, train)
     }
 }

@@ -4,7 +4,7 @@ use tch::{nn, nn::Module, Tensor};
 
 use super::batch_norm::{BatchNorm, BnControl};
 use super::layers;
-use super::{BatchObjective, ModelConfig, Posterior, Vae};
+use super::{ModelConfig, Posterior, Vae};
 
 /// Linear → BN → ReLU blocks: the hidden stack of every MLP part.
 #[derive(Debug)]
@@ -86,15 +86,7 @@ impl Vae for MlpVae {
         out.view([-1, c, h, w])
     }
 
-    fn classify(&self, _images: &Tensor, _train: bool) -> Option<Tensor> {
-        None
-    }
-
     fn likelihood_log_var(&self) -> Option<&Tensor> {
         self.likelihood_log_var.as_ref()
-    }
-
-    fn objective(&self, images: &Tensor, _labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
-        super::objective::unsupervised(self, images, kl_weight, train)
     }
 }

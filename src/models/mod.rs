@@ -148,12 +148,16 @@ pub trait Vae: Send {
     /// one-hot labels `[B, K]` for models whose decoder is conditioned on them.
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
     /// Class logits q(y|x) `[B, K]`, for models with a classifier.
-    fn classify(&self, images: &Tensor, train: bool) -> Option<Tensor>;
+    fn classify(&self, _images: &Tensor, _train: bool) -> Option<Tensor> {
+        None
+    }
     /// Model-level extra parameters of the likelihood (the learned Gaussian log-variance).
     fn likelihood_log_var(&self) -> Option<&Tensor>;
     /// The cost of a batch; `labels[i] < 0` marks an unlabelled example (models without a
     /// classifier ignore labels). `kl_weight` scales the KL term of the loss (warm-up).
-    fn objective(&self, images: &Tensor, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective;
+    fn objective(&self, images: &Tensor, _labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+        objective::unsupervised(self, images, kl_weight, train)
+    }
 }
 
 /// A model together with the variables it lives in.

@@ -56,7 +56,7 @@ pub struct BatchObjective {
 }
 
 /// The objective of an unconditional VAE on `images`.
-pub fn unsupervised(model: &dyn Vae, images: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+pub fn unsupervised<V: Vae + ?Sized>(model: &V, images: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
     let posterior = model.encode(images, train);
     let params = model.decode(&posterior.sample(), None, train);
     let config = model.config();
