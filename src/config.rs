@@ -95,6 +95,18 @@ pub struct ServeArgs {
     /// Models kept loaded at once; the least recently used is unloaded beyond this.
     #[arg(long, env = "VAE_LOADED_MODELS", default_value_t = 4)]
     pub loaded_models: usize,
+    /// Training jobs run at once (each on its own thread).
+    #[arg(long, env = "VAE_TRAIN_WORKERS", default_value_t = 1)]
+    pub train_workers: usize,
+    /// Queued training jobs beyond which POST /train answers 429.
+    #[arg(long, env = "VAE_MAX_QUEUED_JOBS", default_value_t = 16)]
+    pub max_queued_jobs: usize,
+    /// Most epochs one job may ask for.
+    #[arg(long, env = "VAE_MAX_EPOCHS", default_value_t = 1000)]
+    pub max_epochs: usize,
+    /// Most training images one job may use (`data.max_train` must be set to at most this).
+    #[arg(long, env = "VAE_MAX_TRAIN_IMAGES", default_value_t = 1_000_000)]
+    pub max_train_images: usize,
     /// How long shutdown waits for in-flight requests, in seconds.
     #[arg(long, env = "VAE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,

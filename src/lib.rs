@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod data;
 pub mod inference;
+pub mod jobs;
 pub mod models;
 pub mod render;
 pub mod runtime;

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use crate::api::{self, AppState};
 use crate::config::{GlobalArgs, ServeArgs};
 use crate::inference::ModelHost;
+use crate::jobs::{JobQueue, QueueConfig};
 use crate::runtime::TorchRuntime;
 use crate::storage::Database;
 use crate::telemetry::Metrics;
@@ -27,7 +28,29 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(database = %args.database.display(), "storage open");
     let metrics = Arc::new(Metrics::new());
     let models = ModelHost::start(args.models_dir.clone(), args.default_model.clone(), runtime.device, args.batching(), metrics.clone());
-    let state = AppState { storage, models, metrics, runtime: Arc::new(runtime) };
+    let jobs_dir = args.database.parent().map(|d| d.join("jobs")).unwrap_or_else(|| "jobs".into());
+    let jobs = JobQueue::start(
+        storage.clone(),
+        QueueConfig {
+            workers: args.train_workers,
+            max_queued: args.max_queued_jobs,
+            max_epochs: args.max_epochs,
+            max_train_images: args.max_train_images,
+            data_dir: global.data_dir.clone(),
+            models_dir: args.models_dir.clone(),
+            jobs_dir,
+            device: runtime.device,
+        },
+    )?;
+    let state = AppState {
+        storage,
+        models,
+        jobs,
+        models_dir: Arc::from(args.models_dir.as_path()),
+        default_model: Arc::from(args.default_model.as_str()),
+        metrics,
+        runtime: Arc::new(runtime),
+    };
     let app = api::router(state, &args);
 
     let listener = TcpListener::bind(args.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;

@@ -14,7 +14,7 @@ use vae_serve::data::{self, DataOptions};
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
 
 fn shipped_server(env: Vec<(String, String)>) -> Server {
-    let server = Server::start(ServerOptions { models_dir: Some(SHIPPED.into()), default_model: "mnist-ssvae".into(), env });
+    let server = Server::start(ServerOptions { models_dir: Some(SHIPPED.into()), default_model: "mnist-ssvae".into(), env, ..Default::default() });
     server.wait_ready();
     server
 }

@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::problem::{ApiError, Problem};
 use super::uploads::{ImagesJson, Uploads};
-use super::AppState;
+use super::{blocking, AppState};
 use crate::inference::input::{self, Conversion};
 use crate::inference::{Analysis, Endpoint, Generated, InferenceError, ModelInfo, ModelRef, Outcome, Task};
 use crate::render::{self, ImageBatch};
@@ -356,10 +356,6 @@ async fn decode_uploads(info: &ModelInfo, uploads: Uploads) -> Result<(Vec<Vec<f
         input::InputError::UnsupportedFormat { .. } => ApiError::UnsupportedMediaType(e.to_string()),
         _ => ApiError::BadRequest(e.to_string()),
     })
-}
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::Internal(format!("image work failed: {e}")))
 }
 
 fn base64_png(images: &ImageBatch, i: usize) -> String {

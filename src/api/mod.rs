@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod health;
 pub mod inference;
+pub mod jobs;
 pub mod problem;
 pub mod uploads;
 
@@ -28,6 +29,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::ServeArgs;
 use crate::inference::ModelHost;
+use crate::jobs::JobQueue;
 use crate::runtime::TorchRuntime;
 use crate::storage::Database;
 use crate::telemetry::Metrics;
@@ -39,6 +41,10 @@ use problem::problem_response;
 pub struct AppState {
     pub storage: Database,
     pub models: ModelHost,
+    pub jobs: JobQueue,
+    pub models_dir: Arc<std::path::Path>,
+    /// `name` or `name@N`, as configured.
+    pub default_model: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<TorchRuntime>,
 }
@@ -50,10 +56,14 @@ pub struct AppState {
         health::healthz, health::readyz, health::metrics,
         inference::sample, inference::interpolate_labels, inference::interpolate_images,
         inference::reconstruct, inference::classify, inference::encode,
+        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events,
+        jobs::list_models, jobs::get_model, jobs::get_version,
     ),
-    components(schemas(problem::Problem, health::Health, health::Readiness)),
+    components(schemas(problem::Problem, health::Health, health::Readiness, crate::training::TrainRequest, crate::training::DataRequest)),
     tags(
         (name = "operations", description = "Liveness, readiness and metrics"),
+        (name = "training", description = "The background training queue (POST /train is an alias of POST /v1/train)"),
+        (name = "models", description = "The model registry"),
         (name = "inference", description = "Sampling, reconstruction, classification and encoding; each also under /v1/models/{name} and /v1/models/{name}/versions/{version}"),
     ),
 )]
@@ -87,6 +97,9 @@ pub fn openapi_json() -> String {
             paths.insert(format!("{prefix}{path}"), item);
         }
     }
+    let mut alias = paths["/v1/train"].clone();
+    alias["post"]["operationId"] = serde_json::Value::String("submit_alias".into());
+    paths.insert("/train".into(), alias);
     serde_json::to_string_pretty(&doc).expect("OpenAPI document serialises") + "\n"
 }
 
@@ -94,15 +107,24 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// The full application: routes plus middleware, outermost first in reading order below.
 pub fn router(state: AppState, config: &ServeArgs) -> Router {
-    let doc: utoipa::openapi::OpenApi = serde_json::from_str(&openapi_json()).expect("generated document parses");
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/train", post(jobs::submit))
+        .route("/v1/train", post(jobs::submit))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
+        .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/models", get(jobs::list_models))
+        .route("/v1/models/{name}", get(jobs::get_model))
+        .route("/v1/models/{name}/versions/{version}", get(jobs::get_version))
         .merge(inference_routes())
         .nest(MODEL_PREFIXES[0], inference_routes())
         .nest(MODEL_PREFIXES[1], inference_routes())
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .route("/openapi.json", get(serve_openapi))
+        // The UI reads our document as generated (a round trip through utoipa's types would alter it).
+        .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(AccessPolicy::new(config.api_key.clone(), config.auth_all), auth::require_api_key))
@@ -126,6 +148,11 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
 }
 
+/// Runs short blocking work (database, image coding) on the blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, problem::ApiError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| problem::ApiError::Internal(format!("background work failed: {e}")))
+}
+
 fn inference_routes() -> Router<AppState> {
     Router::new()
         .route("/sample", get(inference::sample))
@@ -146,6 +173,11 @@ fn cors_layer(origins: &[String]) -> CorsLayer {
         AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
     };
     CorsLayer::new().allow_origin(allow).allow_methods(Any).allow_headers(Any).expose_headers([REQUEST_ID])
+}
+
+async fn serve_openapi() -> impl IntoResponse {
+    static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], DOCUMENT.get_or_init(openapi_json).as_str())
 }
 
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {

@@ -108,6 +108,27 @@ pub fn versions(models_dir: &Path, name: &str) -> Vec<(u32, PathBuf)> {
     found
 }
 
+/// Every published model: names (sorted) with their versions' manifests, ascending.
+pub fn list(models_dir: &Path) -> Vec<(String, Vec<(u32, Manifest)>)> {
+    let mut names: Vec<String> = std::fs::read_dir(models_dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|name| validate_name(name).is_ok())
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let versions = versions(models_dir, &name).into_iter().filter_map(|(v, dir)| read_manifest(&dir).ok().map(|m| (v, m))).collect();
+            (name, versions)
+        })
+        .filter(|(_, versions): &(String, Vec<(u32, Manifest)>)| !versions.is_empty())
+        .collect()
+}
+
 /// Publishes a model as the next version of `name`; returns the version and its directory.
 pub fn publish(models_dir: &Path, loaded: &LoadedModel, manifest: &Manifest) -> Result<(u32, PathBuf), ModelError> {
     validate_name(&manifest.name)?;

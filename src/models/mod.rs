@@ -56,8 +56,10 @@ pub enum Architecture {
     SemiSupervised,
 }
 
-/// Everything needed to rebuild a model's layers (saved in its manifest).
+/// Everything needed to rebuild a model's layers (saved in its manifest). In a training request
+/// every field is optional; `image` and `label_names` come from the dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
     pub architecture: Architecture,
     pub image: ImageShape,

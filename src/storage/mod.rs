@@ -1,4 +1,7 @@
 //! The service's embedded database: SQLite in WAL mode, schema migrations applied at open.
+//! Training jobs live here (see `jobs.rs`), behind the `JobStore` trait.
+
+pub mod jobs;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -20,14 +23,32 @@ pub enum StorageError {
 
 /// Schema history; append only, never edit a released step.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE service_starts (
-             id INTEGER PRIMARY KEY,
-             started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-             version TEXT NOT NULL,
-             device TEXT NOT NULL
-         );",
-    )])
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE service_starts (
+                 id INTEGER PRIMARY KEY,
+                 started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                 version TEXT NOT NULL,
+                 device TEXT NOT NULL
+             );",
+        ),
+        M::up(
+            "CREATE TABLE jobs (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
+                 request TEXT NOT NULL,
+                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+                 started_at TEXT,
+                 finished_at TEXT,
+                 progress TEXT,
+                 history TEXT NOT NULL DEFAULT '[]',
+                 error TEXT,
+                 model_version INTEGER,
+                 attempts INTEGER NOT NULL DEFAULT 0
+             );
+             CREATE INDEX jobs_by_state ON jobs (state, id);",
+        ),
+    ])
 }
 
 /// A shared handle; queries run on the blocking pool so they never stall the async runtime.
@@ -52,6 +73,12 @@ impl Database {
             .to_latest(&mut connection)
             .map_err(|source| StorageError::Migration { path: path.to_path_buf(), source })?;
         Ok(Self { path: path.to_path_buf(), connection: Arc::new(Mutex::new(connection)) })
+    }
+
+    /// Runs `work` with the connection on this thread (for worker threads and the blocking pool).
+    pub fn with_sync<T>(&self, work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StorageError> {
+        let mut guard = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        work(&mut guard).map_err(|source| StorageError::Sqlite { path: self.path.clone(), source })
     }
 
     /// Runs `work` with the connection on the blocking pool.

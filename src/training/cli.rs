@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{eval, optim::OptimizerKind, train, CancelToken, Progress, Schedule, TrainOptions};
+use super::{eval, optim::OptimizerKind, train_and_publish, CancelToken, DataRequest, Places, Progress, Schedule, TrainOptions, TrainRequest};
 use crate::config::GlobalArgs;
 use crate::data::{self, DataOptions};
-use crate::models::{self, artifact, Architecture, ImageShape, Likelihood, UnlabeledObjective};
+use crate::models::{self, artifact, Architecture, Likelihood, UnlabeledObjective};
 use crate::render;
 use crate::runtime::TorchRuntime;
 
@@ -158,22 +158,17 @@ impl TrainArgs {
 }
 
 pub fn run_train(global: &GlobalArgs, runtime: &TorchRuntime, args: &TrainArgs) -> anyhow::Result<()> {
-    let mut options = args.options()?;
-    let source = data::resolve(&args.dataset, &global.data_dir)?;
-    let data_options = DataOptions {
-        validation_fraction: args.validation_fraction,
-        seed: args.seed,
-        image_shape: Some(ImageShape { channels: args.channels, height: args.image_size, width: args.image_size }),
-        max_train: args.max_train,
+    let request = TrainRequest {
+        name: args.name.clone(),
+        dataset: args.dataset.clone(),
+        options: args.options()?,
+        data: DataRequest { validation_fraction: args.validation_fraction, max_train: args.max_train, image_size: args.image_size, channels: args.channels },
     };
-    let splits = data::load(&source, &data_options)?;
-    options.model.image = splits.shape.clone();
-    options.model.label_names = splits.label_names.clone();
-    tracing::info!(dataset = %source.path().display(), train = splits.train.len(), validation = splits.validation.len(), test = splits.test.len(), "dataset loaded");
-
-    let bar = ProgressBar::new((options.epochs) as u64);
+    let bar = ProgressBar::new(request.options.epochs as u64);
     bar.set_style(ProgressStyle::with_template("{spinner} epoch {pos}/{len} [{bar:30}] {elapsed_precise} {msg}").expect("static template").progress_chars("=> "));
-    let trained = train(&options, &splits, runtime.device, args.checkpoint_dir.as_deref(), &CancelToken::default(), &mut |p| match p {
+    let places = Places { data_dir: &global.data_dir, models_dir: &args.models_dir, checkpoint_dir: args.checkpoint_dir.as_deref() };
+    let published = train_and_publish(&request, &places, runtime.device, args.iwae_samples, &CancelToken::default(), &mut |p| match p {
+        Progress::Resumed { history } => bar.set_position(history.len() as u64),
         Progress::Step { step, steps, .. } => bar.set_message(format!("step {step}/{steps}")),
         Progress::Epoch(m) => {
             bar.set_position(m.epoch as u64);
@@ -193,33 +188,7 @@ pub fn run_train(global: &GlobalArgs, runtime: &TorchRuntime, args: &TrainArgs) 
         }
     })?;
     bar.finish_and_clear();
-
-    let test = eval::evaluate(&*trained.model.model, &splits.test.to_device(runtime.device), 500, args.iwae_samples);
-    let mut metrics = std::collections::BTreeMap::new();
-    metrics.insert("test_negative_elbo".to_string(), test.negative_elbo);
-    if let Some(v) = test.iwae_negative_log_likelihood {
-        metrics.insert("test_iwae_negative_log_likelihood".to_string(), v);
-    }
-    if let Some(acc) = test.accuracy {
-        metrics.insert("test_accuracy".to_string(), acc);
-    }
-    if let Some(last) = trained.history.last() {
-        metrics.insert("epochs".to_string(), last.epoch as f64);
-        let mean_seconds = trained.history.iter().map(|m| m.seconds).sum::<f64>() / trained.history.len() as f64;
-        metrics.insert("mean_epoch_seconds".to_string(), mean_seconds);
-    }
-    let manifest = artifact::Manifest {
-        format_version: artifact::FORMAT_VERSION,
-        name: args.name.clone(),
-        config: options.model.clone(),
-        dataset: args.dataset.clone(),
-        training: serde_json::to_value(&options)?,
-        metrics: metrics.clone(),
-        torch_version: crate::runtime::torch_version().to_string(),
-        created_at: chrono::Utc::now(),
-    };
-    let (version, dir) = artifact::publish(&args.models_dir, &trained.model, &manifest)?;
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "name": args.name, "version": version, "path": dir, "metrics": metrics }))?);
+    println!("{}", serde_json::to_string_pretty(&published)?);
     Ok(())
 }
 

@@ -152,6 +152,8 @@ pub struct EpochMetrics {
 /// What the engine reports while it works.
 #[derive(Debug, Clone)]
 pub enum Progress {
+    /// Training resumed from a checkpoint holding these finished epochs.
+    Resumed { history: Vec<EpochMetrics> },
     Step { epoch: usize, step: usize, steps: usize },
     Epoch(EpochMetrics),
 }
@@ -187,6 +189,113 @@ struct CheckpointState {
 const CHECKPOINT_STATE: &str = "state.json";
 const CHECKPOINT_OPTIMIZER: &str = "optimizer.safetensors";
 
+/// Where a training run reads and writes.
+pub struct Places<'a> {
+    pub data_dir: &'a Path,
+    pub models_dir: &'a Path,
+    /// Checkpoint after every epoch here, and resume from what is found.
+    pub checkpoint_dir: Option<&'a Path>,
+}
+
+/// How to read the dataset of a training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataRequest {
+    /// Fraction of the training images held out for validation.
+    pub validation_fraction: f64,
+    /// Use at most this many training images.
+    pub max_train: Option<usize>,
+    /// Image folders: side length images are resized to.
+    pub image_size: i64,
+    /// Image folders: 1 (grey) or 3 (RGB).
+    pub channels: i64,
+}
+
+impl Default for DataRequest {
+    fn default() -> Self {
+        Self { validation_fraction: 0.1, max_train: None, image_size: 32, channels: 3 }
+    }
+}
+
+/// A complete training request: what `POST /train` takes and `vae-serve train` builds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainRequest {
+    /// Model name; the result is published as its next version.
+    #[schema(example = "my-vae")]
+    pub name: String,
+    /// Dataset name (under the data directory or /usr/share/datasets) or path.
+    #[schema(example = "mnist")]
+    pub dataset: String,
+    /// Model, optimisation and schedule (every field optional).
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub options: TrainOptions,
+    #[serde(default)]
+    pub data: DataRequest,
+}
+
+/// A published model: what a training run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    pub name: String,
+    pub version: u32,
+    pub path: PathBuf,
+    pub metrics: BTreeMap<String, f64>,
+}
+
+/// Loads the data, trains, evaluates on the test split and publishes the model atomically.
+pub fn train_and_publish(
+    request: &TrainRequest,
+    places: &Places<'_>,
+    device: Device,
+    iwae_samples: i64,
+    cancel: &CancelToken,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Published, TrainError> {
+    artifact::validate_name(&request.name)?;
+    let source = crate::data::resolve(&request.dataset, places.data_dir)?;
+    let data_options = crate::data::DataOptions {
+        validation_fraction: request.data.validation_fraction,
+        seed: request.options.seed,
+        image_shape: Some(models::ImageShape { channels: request.data.channels, height: request.data.image_size, width: request.data.image_size }),
+        max_train: request.data.max_train,
+    };
+    let splits = crate::data::load(&source, &data_options)?;
+    let mut options = request.options.clone();
+    options.model.image = splits.shape.clone();
+    options.model.label_names = splits.label_names.clone();
+    tracing::info!(dataset = %source.path().display(), train = splits.train.len(), validation = splits.validation.len(), test = splits.test.len(), "dataset loaded");
+
+    let trained = train(&options, &splits, device, places.checkpoint_dir, cancel, progress)?;
+    let test = eval::evaluate(&*trained.model.model, &splits.test.to_device(device), 500, iwae_samples);
+    let mut metrics = BTreeMap::new();
+    metrics.insert("test_negative_elbo".to_string(), test.negative_elbo);
+    if let Some(v) = test.iwae_negative_log_likelihood {
+        metrics.insert("test_iwae_negative_log_likelihood".to_string(), v);
+    }
+    if let Some(accuracy) = test.accuracy {
+        metrics.insert("test_accuracy".to_string(), accuracy);
+    }
+    if let Some(last) = trained.history.last() {
+        metrics.insert("epochs".to_string(), last.epoch as f64);
+        let mean_seconds = trained.history.iter().map(|m| m.seconds).sum::<f64>() / trained.history.len() as f64;
+        metrics.insert("mean_epoch_seconds".to_string(), mean_seconds);
+    }
+    let manifest = artifact::Manifest {
+        format_version: artifact::FORMAT_VERSION,
+        name: request.name.clone(),
+        config: options.model.clone(),
+        dataset: request.dataset.clone(),
+        training: serde_json::to_value(&options).map_err(|e| TrainError::Invalid(e.to_string()))?,
+        metrics: metrics.clone(),
+        torch_version: crate::runtime::torch_version().to_string(),
+        created_at: chrono::Utc::now(),
+    };
+    let (version, path) = artifact::publish(places.models_dir, &trained.model, &manifest)?;
+    Ok(Published { name: request.name.clone(), version, path, metrics })
+}
+
 /// Trains per `options` on `splits`. With `checkpoint_dir`, saves a checkpoint after every
 /// epoch and resumes from the one it finds there (which must come from the same options).
 pub fn train(
@@ -209,6 +318,7 @@ pub fn train(
         if let Some(state) = restore_checkpoint(dir, options, &model, &mut optimizer)? {
             tracing::info!(completed_epochs = state.completed_epochs, "resuming from checkpoint");
             history = state.history;
+            progress(Progress::Resumed { history: history.clone() });
         }
     }
 

@@ -20,13 +20,15 @@ pub struct Server {
 /// What a test server runs with.
 pub struct ServerOptions {
     pub models_dir: Option<PathBuf>,
+    /// The SQLite file (kept across restarts when given).
+    pub database: Option<PathBuf>,
     pub default_model: String,
     pub env: Vec<(String, String)>,
 }
 
 impl Default for ServerOptions {
     fn default() -> Self {
-        Self { models_dir: None, default_model: "tiny".into(), env: Vec::new() }
+        Self { models_dir: None, database: None, default_model: "tiny".into(), env: Vec::new() }
     }
 }
 
@@ -40,7 +42,9 @@ impl Server {
             .arg("--models-dir")
             .arg(&models_dir)
             .arg("--database")
-            .arg(dir.path().join("db/vae.db"))
+            .arg(options.database.clone().unwrap_or_else(|| dir.path().join("db/vae.db")))
+            .arg("--data-dir")
+            .arg(shared_data())
             .args(["--default-model", &options.default_model])
             .env("RUST_LOG", "info")
             .env_remove("VAE_API_KEY")
@@ -93,6 +97,12 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Kills the process outright (SIGKILL), as a crash would.
+    pub fn kill_hard(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit status.

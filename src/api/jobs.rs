@@ -1,0 +1,212 @@
+//! The training queue and the model registry over HTTP.
+
+use std::convert::Infallible;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::stream::{self, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::problem::{ApiError, Problem};
+use super::{blocking, AppState};
+use crate::jobs::{JobError, JobEvent};
+use crate::models::artifact::{self, Manifest};
+use crate::storage::jobs::{JobRecord, JobState};
+use crate::training::TrainRequest;
+
+impl From<JobError> for ApiError {
+    fn from(error: JobError) -> Self {
+        match error {
+            JobError::Invalid { .. } => ApiError::Unprocessable(error.to_string()),
+            JobError::QueueFull(_) => ApiError::TooManyRequests { detail: error.to_string(), retry_after_secs: 30 },
+            JobError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            JobError::AlreadyFinished { .. } => ApiError::Conflict(error.to_string()),
+            JobError::Storage(e) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Submitted {
+    pub job: JobRecord,
+    /// 1-based position in the queue when submitted.
+    pub position: usize,
+}
+
+/// Queues a training job. Answers 202 with the job and `Location: /v1/jobs/{id}`.
+#[utoipa::path(post, path = "/v1/train", tag = "training", request_body = TrainRequest, responses(
+    (status = 202, description = "queued", body = Submitted, headers(("location" = String, description = "the job's URL"))),
+    (status = 401, description = "an API key is configured and was not given", body = Problem, content_type = "application/problem+json"),
+    (status = 422, description = "invalid request: the detail names the field", body = Problem, content_type = "application/problem+json"),
+    (status = 429, description = "the queue is full (Retry-After)", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn submit(State(state): State<AppState>, Json(request): Json<TrainRequest>) -> Result<Response, ApiError> {
+    let jobs = state.jobs.clone();
+    let (job, position) = blocking(move || jobs.submit(&request)).await??;
+    let location = format!("/v1/jobs/{}", job.id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Submitted { job, position })).into_response())
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only jobs in this state.
+    #[param(inline)]
+    pub state: Option<JobState>,
+    /// Page size (1–200).
+    #[param(default = 50)]
+    pub limit: Option<usize>,
+    #[param(default = 0)]
+    pub offset: Option<usize>,
+}
+
+/// Jobs, newest first.
+#[utoipa::path(get, path = "/v1/jobs", tag = "training", params(ListQuery), responses((status = 200, body = Vec<JobRecord>)))]
+pub async fn list(State(state): State<AppState>, Query(query): Query<ListQuery>) -> Result<Json<Vec<JobRecord>>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::BadRequest(format!("limit = {limit} is outside 1..=200")));
+    }
+    let jobs = state.jobs.clone();
+    Ok(Json(blocking(move || jobs.list(query.state, limit, query.offset.unwrap_or(0))).await??))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobDetail {
+    #[serde(flatten)]
+    pub job: JobRecord,
+    /// Position in the queue while queued.
+    pub position: Option<usize>,
+}
+
+/// A job: state, timestamps, request, progress with ETA, per-epoch metrics, error.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "training", params(("id" = i64, Path)), responses(
+    (status = 200, body = JobDetail),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn get(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<JobDetail>, ApiError> {
+    let jobs = state.jobs.clone();
+    let (job, position) = blocking(move || Ok::<_, JobError>((jobs.get(id)?, jobs.queue_position(id)?))).await??;
+    Ok(Json(JobDetail { job, position }))
+}
+
+/// Cancels a queued job, or stops a running one within one batch (its last checkpoint is kept).
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "training", params(("id" = i64, Path)), responses(
+    (status = 200, description = "cancelled, or stopping", body = JobRecord),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+    (status = 409, description = "the job already finished", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Json<JobRecord>, ApiError> {
+    let jobs = state.jobs.clone();
+    Ok(Json(blocking(move || jobs.cancel(id)).await??))
+}
+
+/// Progress as Server-Sent Events: a `snapshot` of the job, then `step`, `epoch` and a final
+/// `finished` event, after which the stream ends.
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "training", params(("id" = i64, Path)), responses(
+    (status = 200, description = "text/event-stream of JSON events", content_type = "text/event-stream", body = String),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn events(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    // Subscribe before reading the snapshot, so no event falls between the two.
+    let receiver = state.jobs.subscribe(id);
+    let jobs = state.jobs.clone();
+    let job = blocking(move || jobs.get(id)).await??;
+    let finished = job.state.is_final();
+    let snapshot = stream::once(async move { Ok(Event::default().event("snapshot").json_data(&job).expect("jobs serialise")) });
+    let updates = stream::unfold((receiver, finished), |(mut receiver, finished)| async move {
+        if finished {
+            return None;
+        }
+        loop {
+            match receiver.recv().await {
+                Ok(event) => {
+                    let done = matches!(event, JobEvent::Finished { .. });
+                    let name = match &event {
+                        JobEvent::Step { .. } => "step",
+                        JobEvent::Epoch { .. } => "epoch",
+                        JobEvent::Finished { .. } => "finished",
+                    };
+                    let sse = Event::default().event(name).json_data(&event).expect("events serialise");
+                    return Some((Ok(sse), (receiver, done)));
+                }
+                // A slow reader missed some step events; later ones still come.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(snapshot.chain(updates)).keep_alive(KeepAlive::default()))
+}
+
+/// One model name and its versions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ModelEntry {
+    pub name: String,
+    /// Whether the top-level endpoints serve this model.
+    pub default: bool,
+    pub versions: Vec<VersionSummary>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct VersionSummary {
+    pub version: u32,
+    #[schema(value_type = String)]
+    pub architecture: crate::models::Architecture,
+    pub dataset: String,
+    pub metrics: std::collections::BTreeMap<String, f64>,
+    pub created_at: String,
+}
+
+fn entries(state: &AppState, filter: Option<&str>) -> Vec<ModelEntry> {
+    let default_name = state.default_model.split('@').next().unwrap_or_default().to_string();
+    artifact::list(&state.models_dir)
+        .into_iter()
+        .filter(|(name, _)| filter.is_none_or(|f| f == name))
+        .map(|(name, versions)| ModelEntry {
+            default: name == default_name,
+            versions: versions
+                .into_iter()
+                .map(|(version, m)| VersionSummary { version, architecture: m.config.architecture, dataset: m.dataset, metrics: m.metrics, created_at: m.created_at.to_rfc3339() })
+                .collect(),
+            name,
+        })
+        .collect()
+}
+
+/// Every published model with its versions; the default one is marked.
+#[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = Vec<ModelEntry>)))]
+pub async fn list_models(State(state): State<AppState>) -> Result<Json<Vec<ModelEntry>>, ApiError> {
+    Ok(Json(blocking(move || entries(&state, None)).await?))
+}
+
+/// One model's versions.
+#[utoipa::path(get, path = "/v1/models/{name}", tag = "models", params(("name" = String, Path)), responses(
+    (status = 200, body = ModelEntry),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelEntry>, ApiError> {
+    let found = blocking(move || entries(&state, Some(&name)).pop().ok_or_else(|| ApiError::NotFound(format!("no model named `{name}`")))).await??;
+    Ok(Json(found))
+}
+
+/// One version's manifest.
+#[utoipa::path(get, path = "/v1/models/{name}/versions/{version}", tag = "models", params(("name" = String, Path), ("version" = u32, Path)), responses(
+    (status = 200, description = "the manifest", body = Object),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn get_version(State(state): State<AppState>, Path((name, version)): Path<(String, String)>) -> Result<Json<Manifest>, ApiError> {
+    let version: u32 = version.trim_start_matches('v').parse().map_err(|_| ApiError::BadRequest(format!("version `{version}` is not a number")))?;
+    let manifest = blocking(move || {
+        artifact::validate_name(&name).map_err(|e| ApiError::NotFound(e.to_string()))?;
+        let (_, dir) = artifact::versions(&state.models_dir, &name).into_iter().find(|(v, _)| *v == version).ok_or_else(|| ApiError::NotFound(format!("no version {version} of `{name}`")))?;
+        artifact::read_manifest(&dir).map_err(|e| ApiError::Internal(e.to_string()))
+    })
+    .await??;
+    Ok(Json(manifest))
+}

@@ -1,0 +1,247 @@
+//! The background training queue: jobs persisted in the database, run FIFO by dedicated worker
+//! threads (so the async runtime and the inference threads stay responsive), with progress
+//! events for Server-Sent Events, cancellation, and resume from the last epoch checkpoint after
+//! a crash.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tch::Device;
+use tokio::sync::broadcast;
+
+use crate::storage::jobs::{CancelOutcome, JobRecord, JobState, JobStore};
+use crate::storage::{Database, StorageError};
+use crate::training::{self, CancelToken, EpochMetrics, Places, Progress, TrainError, TrainRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("{field}: {why}")]
+    Invalid { field: &'static str, why: String },
+    #[error("the training queue is full ({0} jobs waiting); retry later")]
+    QueueFull(usize),
+    #[error("job {0} not found")]
+    NotFound(i64),
+    #[error("job {id} already finished ({state})")]
+    AlreadyFinished { id: i64, state: &'static str },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// Limits and places of the queue.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub workers: usize,
+    pub max_queued: usize,
+    pub max_epochs: usize,
+    pub max_train_images: usize,
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    /// Checkpoints live in `<jobs_dir>/<id>/checkpoint`.
+    pub jobs_dir: PathBuf,
+    pub device: Device,
+}
+
+/// A progress event of one job, as streamed to clients.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum JobEvent {
+    Step { epoch: usize, step: usize, steps: usize },
+    Epoch { metrics: EpochMetrics },
+    Finished { state: JobState, error: Option<String>, model_version: Option<u32> },
+}
+
+/// Handle to the queue; cheap to clone.
+#[derive(Clone)]
+pub struct JobQueue {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Database,
+    config: QueueConfig,
+    wake: (Mutex<bool>, Condvar),
+    running: Mutex<HashMap<i64, CancelToken>>,
+    events: Mutex<HashMap<i64, broadcast::Sender<JobEvent>>>,
+}
+
+impl JobQueue {
+    /// Requeues jobs a crash left running (they resume from their checkpoints) and starts the workers.
+    pub fn start(store: Database, config: QueueConfig) -> Result<Self, JobError> {
+        let resumed = store.requeue_running()?;
+        if resumed > 0 {
+            tracing::info!(jobs = resumed, "jobs interrupted by a restart are queued again and resume from their checkpoints");
+        }
+        let queue = Self {
+            inner: Arc::new(Inner { store, config, wake: (Mutex::new(false), Condvar::new()), running: Mutex::default(), events: Mutex::default() }),
+        };
+        for n in 0..queue.inner.config.workers.max(1) {
+            let worker = queue.clone();
+            std::thread::Builder::new().name(format!("train-{n}")).spawn(move || worker.work()).map_err(|e| StorageError::Task(e.to_string()))?;
+        }
+        Ok(queue)
+    }
+
+    /// Validates and queues a request; returns the job and its queue position.
+    pub fn submit(&self, request: &TrainRequest) -> Result<(JobRecord, usize), JobError> {
+        let config = &self.inner.config;
+        let invalid = |field, why: String| Err(JobError::Invalid { field, why });
+        if let Err(e) = crate::models::artifact::validate_name(&request.name) {
+            return invalid("name", e.to_string());
+        }
+        if let Err(e) = crate::data::resolve(&request.dataset, &config.data_dir) {
+            return invalid("dataset", e.to_string());
+        }
+        if let Err(e) = request.options.validate() {
+            return invalid("options", e.to_string());
+        }
+        if request.options.epochs > config.max_epochs {
+            return invalid("options.epochs", format!("{} is more than this server allows ({}; VAE_MAX_EPOCHS)", request.options.epochs, config.max_epochs));
+        }
+        if request.data.max_train.unwrap_or(usize::MAX) > config.max_train_images {
+            return invalid("data.max_train", format!("set it to at most {} (VAE_MAX_TRAIN_IMAGES)", config.max_train_images));
+        }
+        if !(0.0..0.9).contains(&request.data.validation_fraction) {
+            return invalid("data.validation_fraction", format!("{} must be in [0, 0.9)", request.data.validation_fraction));
+        }
+        let json = serde_json::to_value(request).expect("requests serialise");
+        let (id, position) = self.inner.store.enqueue(&json, config.max_queued)?.ok_or(JobError::QueueFull(config.max_queued))?;
+        self.wake_workers();
+        let job = self.inner.store.get(id)?.ok_or(JobError::NotFound(id))?;
+        Ok((job, position))
+    }
+
+    pub fn get(&self, id: i64) -> Result<JobRecord, JobError> {
+        self.inner.store.get(id)?.ok_or(JobError::NotFound(id))
+    }
+
+    pub fn list(&self, state: Option<JobState>, limit: usize, offset: usize) -> Result<Vec<JobRecord>, JobError> {
+        Ok(self.inner.store.list(state, limit, offset)?)
+    }
+
+    pub fn queue_position(&self, id: i64) -> Result<Option<usize>, JobError> {
+        Ok(self.inner.store.queue_position(id)?)
+    }
+
+    /// Cancels a queued job at once, or asks a running one to stop after its current batch.
+    pub fn cancel(&self, id: i64) -> Result<JobRecord, JobError> {
+        match self.inner.store.cancel(id)? {
+            CancelOutcome::NotFound => return Err(JobError::NotFound(id)),
+            CancelOutcome::AlreadyFinished(state) => return Err(JobError::AlreadyFinished { id, state: state.as_str() }),
+            CancelOutcome::Cancelled => self.publish(id, JobEvent::Finished { state: JobState::Cancelled, error: None, model_version: None }),
+            CancelOutcome::Stopping => {
+                if let Some(token) = self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
+                    token.cancel();
+                }
+            }
+        }
+        self.get(id)
+    }
+
+    /// Events of job `id` from now on.
+    pub fn subscribe(&self, id: i64) -> broadcast::Receiver<JobEvent> {
+        let mut events = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.entry(id).or_insert_with(|| broadcast::channel(256).0).subscribe()
+    }
+
+    fn publish(&self, id: i64, event: JobEvent) {
+        let finished = matches!(event, JobEvent::Finished { .. });
+        let mut events = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = events.get(&id) {
+            let _ = sender.send(event);
+        }
+        if finished {
+            events.remove(&id);
+        }
+    }
+
+    fn wake_workers(&self) {
+        let (flag, condvar) = &self.inner.wake;
+        *flag.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        condvar.notify_all();
+    }
+
+    /// A worker thread: claim the oldest queued job, run it, repeat; sleep when the queue is empty.
+    fn work(&self) {
+        loop {
+            match self.inner.store.claim_next() {
+                Ok(Some(job)) => self.run(job),
+                Ok(None) => {
+                    let (flag, condvar) = &self.inner.wake;
+                    let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
+                    let (mut guard, _) = condvar.wait_timeout_while(guard, Duration::from_secs(1), |woken| !*woken).unwrap_or_else(|p| p.into_inner());
+                    *guard = false;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot claim a job; retrying");
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    fn run(&self, job: JobRecord) {
+        let id = job.id;
+        let request: TrainRequest = match serde_json::from_value(job.request.clone()) {
+            Ok(request) => request,
+            Err(e) => return self.finish(id, JobState::Failed, Some(format!("stored request is unreadable: {e}")), None),
+        };
+        tracing::info!(job = id, name = %request.name, attempt = job.attempts, "training job started");
+        let token = CancelToken::default();
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
+        let checkpoint = self.inner.config.jobs_dir.join(id.to_string()).join("checkpoint");
+        let places = Places { data_dir: &self.inner.config.data_dir, models_dir: &self.inner.config.models_dir, checkpoint_dir: Some(&checkpoint) };
+        let epochs = request.options.epochs;
+        // The checkpoint's history is authoritative: the database may lag it by an epoch after a crash.
+        let mut history: Vec<EpochMetrics> = Vec::new();
+        let started = Instant::now();
+        let mut first_epoch = 0;
+        let mut on_progress = |progress: Progress| match progress {
+            Progress::Resumed { history: resumed } => {
+                first_epoch = resumed.len();
+                history = resumed;
+            }
+            Progress::Step { epoch, step, steps } => self.publish(id, JobEvent::Step { epoch, step, steps }),
+            Progress::Epoch(metrics) => {
+                history.push(metrics.clone());
+                let done_here = (metrics.epoch - first_epoch) as f64;
+                let eta = started.elapsed().as_secs_f64() / done_here.max(1.0) * (epochs - metrics.epoch) as f64;
+                let progress = serde_json::json!({ "epoch": metrics.epoch, "epochs": epochs, "eta_seconds": eta });
+                if let Err(error) = self.inner.store.record_progress(id, &progress, &serde_json::to_value(&history).unwrap_or_default()) {
+                    tracing::error!(job = id, %error, "cannot record progress");
+                }
+                self.publish(id, JobEvent::Epoch { metrics });
+            }
+        };
+        // The job thread runs training; a panic in it must fail the job, not kill the worker.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            training::train_and_publish(&request, &places, self.inner.config.device, 0, &token, &mut on_progress)
+        }))
+        .unwrap_or_else(|_| Err(TrainError::Invalid("training panicked".into())));
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        match result {
+            Ok(published) => {
+                tracing::info!(job = id, model = %published.name, version = published.version, "training job succeeded");
+                let _ = std::fs::remove_dir_all(checkpoint.parent().unwrap_or(&checkpoint));
+                self.finish(id, JobState::Succeeded, None, Some(published.version));
+            }
+            Err(TrainError::Cancelled { completed_epochs }) => {
+                tracing::info!(job = id, completed_epochs, "training job cancelled; its last checkpoint is kept");
+                self.finish(id, JobState::Cancelled, None, None);
+            }
+            Err(error) => {
+                tracing::warn!(job = id, %error, "training job failed");
+                self.finish(id, JobState::Failed, Some(error.to_string()), None);
+            }
+        }
+    }
+
+    fn finish(&self, id: i64, state: JobState, error: Option<String>, model_version: Option<u32>) {
+        if let Err(e) = self.inner.store.finish(id, state, error.as_deref(), model_version) {
+            tracing::error!(job = id, error = %e, "cannot record the end of a job");
+        }
+        self.publish(id, JobEvent::Finished { state, error, model_version });
+    }
+}

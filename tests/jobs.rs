@@ -1,0 +1,204 @@
+//! The training queue and the registry over real HTTP: submit → poll → publish → serve, cancel,
+//! validation, queue limits, Server-Sent Events, and a crash (SIGKILL) in the middle of training.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{client, Server, ServerOptions};
+use serde_json::{json, Value};
+
+/// A models directory holding a copy of the shipped default model (jobs publish next to it).
+fn models_with_default(dir: &Path) -> std::path::PathBuf {
+    let models = dir.join("models");
+    let target = models.join("mnist-ssvae/v1");
+    std::fs::create_dir_all(&target).unwrap();
+    for file in ["manifest.json", "model.safetensors"] {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-ssvae/v1").join(file), target.join(file)).unwrap();
+    }
+    models
+}
+
+fn tiny_job(name: &str, epochs: usize, max_train: usize) -> Value {
+    json!({
+        "name": name,
+        "dataset": "mnist",
+        "options": { "epochs": epochs, "batch_size": 50, "model": { "architecture": "mlp", "hidden": [64], "latent_dim": 8 } },
+        "data": { "max_train": max_train, "validation_fraction": 0.1 }
+    })
+}
+
+fn wait_for_state(server: &Server, id: i64, wanted: &[&str], limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let job: Value = client().get(server.url(&format!("/v1/jobs/{id}"))).send().unwrap().json().unwrap();
+        if wanted.contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} stuck: {job}\nlog:\n{}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn submit(server: &Server, body: &Value) -> reqwest::blocking::Response {
+    client().post(server.url("/train")).json(body).send().unwrap()
+}
+
+#[test]
+fn a_job_trains_publishes_and_its_model_is_served_while_sampling_stays_fast() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = models_with_default(dir.path());
+    let server = Server::start(ServerOptions { models_dir: Some(models.clone()), default_model: "mnist-ssvae".into(), ..Default::default() });
+    server.wait_ready();
+    let http = client();
+
+    let mut body = tiny_job("job-model", 8, 8000);
+    // Big enough to still be running when the responsiveness check starts.
+    body["options"]["model"]["hidden"] = json!([256, 128]);
+    let response = submit(&server, &body);
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let submitted: Value = response.json().unwrap();
+    let id = submitted["job"]["id"].as_i64().unwrap();
+    assert_eq!(location, format!("/v1/jobs/{id}"));
+    assert_eq!(submitted["position"], 1);
+
+    // Server-Sent Events: a snapshot, then per-epoch events, then `finished`.
+    let events = http.get(server.url(&format!("/v1/jobs/{id}/events"))).send().unwrap();
+    assert_eq!(events.headers()["content-type"], "text/event-stream");
+    let reader = std::thread::spawn(move || BufReader::new(events).lines().map_while(Result::ok).filter(|l| l.starts_with("event:")).collect::<Vec<_>>());
+
+    // While the job trains, inference stays responsive.
+    let running = wait_for_state(&server, id, &["running", "succeeded"], Duration::from_secs(60));
+    assert_eq!(running["state"], "running");
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert_eq!(http.get(server.url("/sample?n=1&label=2")).send().unwrap().status(), 200);
+        assert!(started.elapsed() < Duration::from_secs(2), "/sample took {:?} during training", started.elapsed());
+    }
+
+    let done = wait_for_state(&server, id, &["succeeded", "failed"], Duration::from_secs(240));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["model_version"], 1);
+    assert_eq!(done["history"].as_array().unwrap().len(), 8);
+    assert!(done["history"][7]["loss"].as_f64().unwrap() < done["history"][0]["loss"].as_f64().unwrap());
+    assert_eq!(done["progress"]["epoch"], 8);
+    assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+
+    let events = reader.join().unwrap();
+    assert_eq!(events.first().map(String::as_str), Some("event: snapshot"));
+    assert_eq!(events.iter().filter(|e| e.as_str() == "event: epoch").count(), 8, "{events:?}");
+    assert_eq!(events.last().map(String::as_str), Some("event: finished"));
+
+    // The registry lists it, with its manifest, and it is servable without a restart.
+    let listed: Value = http.get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    let names: Vec<&str> = listed.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["job-model", "mnist-ssvae"]);
+    assert_eq!(listed[1]["default"], true);
+    let entry: Value = http.get(server.url("/v1/models/job-model")).send().unwrap().json().unwrap();
+    assert_eq!(entry["versions"][0]["architecture"], "mlp");
+    assert!(entry["versions"][0]["metrics"]["test_negative_elbo"].as_f64().unwrap() > 0.0);
+    let manifest: Value = http.get(server.url("/v1/models/job-model/versions/1")).send().unwrap().json().unwrap();
+    assert_eq!(manifest["config"]["latent_dim"], 8);
+    assert_eq!(http.get(server.url("/v1/models/job-model/versions/2")).send().unwrap().status(), 404);
+    let sample = http.get(server.url("/v1/models/job-model/sample?n=4")).send().unwrap();
+    assert_eq!((sample.status().as_u16(), sample.headers()["x-model"].to_str().unwrap()), (200, "job-model@1"));
+    assert!(models.join("job-model/v1/model.safetensors").is_file());
+    assert!(std::fs::read_dir(models.join("job-model")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".staging")));
+
+    let listed: Value = http.get(server.url("/v1/jobs?state=succeeded")).send().unwrap().json().unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn invalid_requests_name_the_field_and_a_full_queue_answers_429() {
+    let server = Server::start(ServerOptions { env: vec![("VAE_MAX_QUEUED_JOBS".into(), "1".into()), ("VAE_TRAIN_WORKERS".into(), "1".into())], ..Default::default() });
+    let detail = |response: reqwest::blocking::Response, status: u16| {
+        assert_eq!(response.status().as_u16(), status);
+        assert_eq!(response.headers()["content-type"], "application/problem+json");
+        response.json::<Value>().unwrap()["detail"].as_str().unwrap().to_string()
+    };
+    let mut unknown = tiny_job("x", 1, 500);
+    unknown["colour"] = json!("blue");
+    assert!(detail(submit(&server, &unknown), 422).contains("unknown field `colour`"));
+    let mut nested = tiny_job("x", 1, 500);
+    nested["options"]["learning_rat"] = json!(0.1);
+    assert!(detail(submit(&server, &nested), 422).contains("learning_rat"));
+    assert!(detail(submit(&server, &tiny_job("x", 0, 500)), 422).contains("epochs = 0"));
+    assert!(detail(submit(&server, &tiny_job("bad/name", 1, 500)), 422).starts_with("name:"));
+    let mut missing = tiny_job("x", 1, 500);
+    missing["dataset"] = json!("no-such-dataset");
+    assert!(detail(submit(&server, &missing), 422).starts_with("dataset:"));
+    assert!(detail(submit(&server, &tiny_job("x", 5000, 500)), 422).contains("VAE_MAX_EPOCHS"));
+    assert!(detail(client().post(server.url("/train")).header("content-type", "application/json").body("{").send().unwrap(), 400).contains("JSON"));
+
+    // One long job runs, one waits; the next is refused with Retry-After.
+    let long = submit(&server, &tiny_job("long", 500, 4000)).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+    wait_for_state(&server, long, &["running"], Duration::from_secs(60));
+    let waiting: Value = submit(&server, &tiny_job("waiting", 1, 500)).json().unwrap();
+    let waiting = waiting["job"]["id"].as_i64().unwrap();
+    let refused = submit(&server, &tiny_job("refused", 1, 500));
+    assert_eq!(refused.headers()["retry-after"], "30");
+    assert!(detail(refused, 429).contains("queue is full"));
+    let position: Value = client().get(server.url(&format!("/v1/jobs/{waiting}"))).send().unwrap().json().unwrap();
+    assert_eq!(position["position"], 1);
+
+    // Cancel the queued one at once, the running one within a batch; finished jobs answer 409.
+    let cancelled: Value = client().delete(server.url(&format!("/v1/jobs/{waiting}"))).send().unwrap().json().unwrap();
+    assert_eq!(cancelled["state"], "cancelled");
+    let started = Instant::now();
+    client().delete(server.url(&format!("/v1/jobs/{long}"))).send().unwrap();
+    let stopped = wait_for_state(&server, long, &["cancelled"], Duration::from_secs(20));
+    assert!(started.elapsed() < Duration::from_secs(10), "cancelling took {:?}", started.elapsed());
+    assert!(stopped["finished_at"].is_string());
+    assert!(detail(client().delete(server.url(&format!("/v1/jobs/{long}"))).send().unwrap(), 409).contains("already finished"));
+    assert_eq!(client().delete(server.url("/v1/jobs/999")).send().unwrap().status(), 404);
+    assert_eq!(client().get(server.url("/v1/jobs/999/events")).send().unwrap().status(), 404);
+    let cancelled: Value = client().get(server.url("/v1/jobs?state=cancelled&limit=10")).send().unwrap().json().unwrap();
+    assert_eq!(cancelled.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_job_killed_mid_training_resumes_from_its_last_checkpoint_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let database = dir.path().join("state/vae.db");
+    let options = || ServerOptions { models_dir: Some(models.clone()), database: Some(database.clone()), ..Default::default() };
+    let server = Server::start(options());
+    let mut body = tiny_job("resumed", 12, 6000);
+    // Epochs long enough that the crash lands mid-run.
+    body["options"]["model"]["hidden"] = json!([256, 128]);
+    let id = submit(&server, &body).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+    let queued_behind = submit(&server, &tiny_job("behind", 1, 500)).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+
+    // Wait for two finished epochs, then crash.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let before = loop {
+        let job: Value = client().get(server.url(&format!("/v1/jobs/{id}"))).send().unwrap().json().unwrap();
+        if job["history"].as_array().unwrap().len() >= 2 {
+            break job;
+        }
+        assert!(Instant::now() < deadline, "no progress: {job}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_ne!(before["state"], "succeeded", "the job finished before the crash; make it longer");
+    server.kill_hard();
+
+    let server = Server::start(options());
+    let queued: Value = client().get(server.url(&format!("/v1/jobs/{queued_behind}"))).send().unwrap().json().unwrap();
+    assert_ne!(queued["state"], "failed", "queued jobs survive a crash");
+    let done = wait_for_state(&server, id, &["succeeded", "failed"], Duration::from_secs(240));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["attempts"], 2, "run once, resumed once");
+    let history = done["history"].as_array().unwrap();
+    assert_eq!(history.len(), 12);
+    // The epochs finished before the crash were kept, not trained again.
+    assert_eq!(history[0], before["history"][0]);
+    assert_eq!(history[1], before["history"][1]);
+    assert!(server.log_contains("resuming from checkpoint"));
+    assert_eq!(wait_for_state(&server, queued_behind, &["succeeded", "failed"], Duration::from_secs(120))["state"], "succeeded");
+    let versions: Value = client().get(server.url("/v1/models/resumed")).send().unwrap().json().unwrap();
+    assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+}
