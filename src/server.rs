@@ -10,7 +10,7 @@ use crate::config::{GlobalArgs, ServeArgs};
 use crate::inference::ModelHost;
 use crate::jobs::{JobQueue, QueueConfig};
 use crate::runtime::TorchRuntime;
-use crate::storage::Database;
+use crate::storage::{Database, DEFAULT_MODEL_SETTING};
 use crate::telemetry::Metrics;
 
 pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
@@ -27,7 +27,10 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     storage.record_start(format!("{:?}", runtime.device)).await?;
     tracing::info!(database = %args.database.display(), "storage open");
     let metrics = Arc::new(Metrics::new());
-    let models = ModelHost::start(args.models_dir.clone(), args.default_model.clone(), runtime.device, args.batching(), metrics.clone());
+    // A default chosen over the API (PUT /v1/models/{name}/default) outlives restarts.
+    let default_model = storage.setting(DEFAULT_MODEL_SETTING).await?.unwrap_or_else(|| args.default_model.clone());
+    tracing::info!(default_model = %default_model, "default model");
+    let models = ModelHost::start(args.models_dir.clone(), default_model, runtime.device, args.batching(), metrics.clone());
     let jobs_dir = args.database.parent().map(|d| d.join("jobs")).unwrap_or_else(|| "jobs".into());
     let jobs = JobQueue::start(
         storage.clone(),
@@ -47,7 +50,6 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         models,
         jobs,
         models_dir: Arc::from(args.models_dir.as_path()),
-        default_model: Arc::from(args.default_model.as_str()),
         metrics,
         runtime: Arc::new(runtime),
     };

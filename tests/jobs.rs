@@ -110,6 +110,21 @@ fn a_job_trains_publishes_and_its_model_is_served_while_sampling_stays_fast() {
 
     let listed: Value = http.get(server.url("/v1/jobs?state=succeeded")).send().unwrap().json().unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
+
+    // The default model's version cannot be deleted; after choosing another default it can.
+    let refused = http.delete(server.url("/v1/models/mnist-ssvae/versions/1")).send().unwrap();
+    assert_eq!(refused.status(), 409);
+    let chosen: Value = http.put(server.url("/v1/models/job-model/default")).send().unwrap().json().unwrap();
+    assert_eq!(chosen, json!({"default": "job-model", "serving": "job-model@1"}));
+    server.wait_ready();
+    let ready: Value = http.get(server.url("/readyz")).send().unwrap().json().unwrap();
+    assert_eq!(ready["default_model_id"], "job-model@1");
+    assert_eq!(http.get(server.url("/sample?n=1")).send().unwrap().headers()["x-model"], "job-model@1");
+    assert_eq!(http.put(server.url("/v1/models/nope/default")).send().unwrap().status(), 404);
+    assert_eq!(http.delete(server.url("/v1/models/mnist-ssvae/versions/1")).send().unwrap().status(), 204);
+    assert_eq!(http.get(server.url("/v1/models/mnist-ssvae")).send().unwrap().status(), 404);
+    assert!(!models.join("mnist-ssvae/v1").exists());
+    assert_eq!(http.delete(server.url("/v1/models/mnist-ssvae/versions/1")).send().unwrap().status(), 404);
 }
 
 #[test]
@@ -201,4 +216,12 @@ fn a_job_killed_mid_training_resumes_from_its_last_checkpoint_after_restart() {
     assert_eq!(wait_for_state(&server, queued_behind, &["succeeded", "failed"], Duration::from_secs(120))["state"], "succeeded");
     let versions: Value = client().get(server.url("/v1/models/resumed")).send().unwrap().json().unwrap();
     assert_eq!(versions["versions"].as_array().unwrap().len(), 1);
+
+    // A default chosen over the API outlives a restart.
+    assert_eq!(client().put(server.url("/v1/models/resumed/default")).send().unwrap().status(), 200);
+    server.terminate();
+    let server = Server::start(options());
+    server.wait_ready();
+    let ready: Value = client().get(server.url("/readyz")).send().unwrap().json().unwrap();
+    assert_eq!(ready["default_model_id"], "resumed@1");
 }

@@ -89,6 +89,13 @@ fn a_published_model_loads_with_bit_identical_outputs_and_rejects_mismatched_wei
     let (version, path) = artifact::publish(dir.path(), &trained.model, &manifest).unwrap();
     assert_eq!(version, 1);
     assert_eq!(artifact::publish(dir.path(), &trained.model, &manifest).unwrap().0, 2);
+    // What a crash in the middle of publishing leaves: a staging directory, never a version.
+    let half = dir.path().join("roundtrip/.staging-v3-1");
+    std::fs::create_dir_all(&half).unwrap();
+    std::fs::write(half.join(artifact::MANIFEST_FILE), b"{\"trunc").unwrap();
+    assert_eq!(artifact::versions(dir.path(), "roundtrip").len(), 2);
+    assert_eq!(artifact::list(dir.path())[0].1.len(), 2);
+    assert_eq!(artifact::publish(dir.path(), &trained.model, &manifest).unwrap().0, 3);
     let (loaded_manifest, loaded) = artifact::load(&path, Device::Cpu).unwrap();
     assert_eq!(loaded_manifest, manifest);
     let images = splits.test.images.narrow(0, 0, 16);

@@ -164,7 +164,8 @@ pub struct VersionSummary {
 }
 
 fn entries(state: &AppState, filter: Option<&str>) -> Vec<ModelEntry> {
-    let default_name = state.default_model.split('@').next().unwrap_or_default().to_string();
+    let default_spec = state.models.default_spec();
+    let default_name = default_spec.split('@').next().unwrap_or_default().to_string();
     artifact::list(&state.models_dir)
         .into_iter()
         .filter(|(name, _)| filter.is_none_or(|f| f == name))
@@ -209,4 +210,48 @@ pub async fn get_version(State(state): State<AppState>, Path((name, version)): P
     })
     .await??;
     Ok(Json(manifest))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DefaultModel {
+    /// The default as set: the model name (its latest version is served).
+    pub default: String,
+    /// The version served now, `name@N`.
+    pub serving: String,
+}
+
+/// Makes this model (its latest version) the one the top-level endpoints serve; kept across restarts.
+#[utoipa::path(put, path = "/v1/models/{name}/default", tag = "models", params(("name" = String, Path)), responses(
+    (status = 200, body = DefaultModel),
+    (status = 401, description = "an API key is configured and was not given", body = Problem, content_type = "application/problem+json"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn set_default(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<DefaultModel>, ApiError> {
+    let models = state.models.clone();
+    let spec = name.clone();
+    let serving = blocking(move || models.set_default(&spec)).await??;
+    state.storage.set_setting(crate::storage::DEFAULT_MODEL_SETTING, name.clone()).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    tracing::info!(default_model = %name, serving = %serving, "default model changed");
+    Ok(Json(DefaultModel { default: name, serving }))
+}
+
+/// Deletes one version. The version the default model serves cannot be deleted (409).
+#[utoipa::path(delete, path = "/v1/models/{name}/versions/{version}", tag = "models", params(("name" = String, Path), ("version" = u32, Path)), responses(
+    (status = 204, description = "deleted"),
+    (status = 401, description = "an API key is configured and was not given", body = Problem, content_type = "application/problem+json"),
+    (status = 404, body = Problem, content_type = "application/problem+json"),
+    (status = 409, description = "it is the default model", body = Problem, content_type = "application/problem+json"),
+))]
+pub async fn delete_version(State(state): State<AppState>, Path((name, version)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
+    let version: u32 = version.trim_start_matches('v').parse().map_err(|_| ApiError::BadRequest(format!("version `{version}` is not a number")))?;
+    let id = format!("{name}@{version}");
+    let default_spec = state.models.default_spec();
+    let serving = crate::inference::resolve_model(&state.models_dir, &default_spec).map(|(id, _)| id).ok();
+    if serving.as_deref() == Some(id.as_str()) {
+        return Err(ApiError::Conflict(format!("{id} is the default model; choose another default first (PUT /v1/models/{{name}}/default)")));
+    }
+    let models_dir = state.models_dir.clone();
+    blocking(move || artifact::remove(&models_dir, &name, version).map_err(|e| ApiError::NotFound(e.to_string()))).await??;
+    state.models.unload(&id);
+    Ok(StatusCode::NO_CONTENT)
 }

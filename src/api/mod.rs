@@ -16,7 +16,7 @@ use axum::http::{HeaderName, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
@@ -43,8 +43,6 @@ pub struct AppState {
     pub models: ModelHost,
     pub jobs: JobQueue,
     pub models_dir: Arc<std::path::Path>,
-    /// `name` or `name@N`, as configured.
-    pub default_model: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<TorchRuntime>,
 }
@@ -57,7 +55,7 @@ pub struct AppState {
         inference::sample, inference::interpolate_labels, inference::interpolate_images,
         inference::reconstruct, inference::classify, inference::encode,
         jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events,
-        jobs::list_models, jobs::get_model, jobs::get_version,
+        jobs::list_models, jobs::get_model, jobs::get_version, jobs::set_default, jobs::delete_version,
     ),
     components(schemas(problem::Problem, health::Health, health::Readiness, crate::training::TrainRequest, crate::training::DataRequest)),
     tags(
@@ -118,7 +116,8 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .route("/v1/jobs/{id}/events", get(jobs::events))
         .route("/v1/models", get(jobs::list_models))
         .route("/v1/models/{name}", get(jobs::get_model))
-        .route("/v1/models/{name}/versions/{version}", get(jobs::get_version))
+        .route("/v1/models/{name}/default", put(jobs::set_default))
+        .route("/v1/models/{name}/versions/{version}", get(jobs::get_version).delete(jobs::delete_version))
         .merge(inference_routes())
         .nest(MODEL_PREFIXES[0], inference_routes())
         .nest(MODEL_PREFIXES[1], inference_routes())

@@ -163,7 +163,8 @@ pub struct ModelHost {
 
 struct HostInner {
     models_dir: PathBuf,
-    default_model: String,
+    /// `name` or `name@N`; changed at run time by `PUT /v1/models/{name}/default`.
+    default_model: std::sync::RwLock<String>,
     device: Device,
     batching: BatchingConfig,
     metrics: Arc<Metrics>,
@@ -191,6 +192,7 @@ pub fn resolve_model(models_dir: &Path, spec: &str) -> Result<(String, PathBuf),
 impl ModelHost {
     /// Starts loading the default model right away, so readiness follows start-up closely.
     pub fn start(models_dir: PathBuf, default_model: String, device: Device, batching: BatchingConfig, metrics: Arc<Metrics>) -> Self {
+        let default_model = std::sync::RwLock::new(default_model);
         let host = Self { inner: Arc::new(HostInner { models_dir, default_model, device, batching, metrics, workers: Mutex::new(HashMap::new()) }) };
         if let Err(error) = host.worker(&ModelRef::Default, false) {
             tracing::warn!(%error, "default model not available");
@@ -200,7 +202,7 @@ impl ModelHost {
 
     fn spec(&self, model: &ModelRef) -> String {
         match model {
-            ModelRef::Default => self.inner.default_model.clone(),
+            ModelRef::Default => self.default_spec(),
             ModelRef::Named { name, version: Some(v) } => format!("{name}@{v}"),
             ModelRef::Named { name, version: None } => name.clone(),
         }
@@ -276,6 +278,24 @@ impl ModelHost {
         })?;
         let outcome = answer.await.map_err(|_| InferenceError::WorkerGone)??;
         Ok((info, outcome))
+    }
+
+    /// The default model as configured: `name` or `name@N`.
+    pub fn default_spec(&self) -> String {
+        self.inner.default_model.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Makes `spec` the default model (it must exist) and starts loading it.
+    pub fn set_default(&self, spec: &str) -> Result<String, InferenceError> {
+        let (id, _) = resolve_model(&self.inner.models_dir, spec).map_err(InferenceError::NotFound)?;
+        *self.inner.default_model.write().unwrap_or_else(|p| p.into_inner()) = spec.to_string();
+        self.worker(&ModelRef::Default, true)?;
+        Ok(id)
+    }
+
+    /// Stops the worker of model `id` (`name@N`) if one is running.
+    pub fn unload(&self, id: &str) {
+        self.inner.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
 
     pub fn default_model_status(&self) -> DefaultModelStatus {

@@ -144,6 +144,18 @@ pub fn publish(models_dir: &Path, loaded: &LoadedModel, manifest: &Manifest) -> 
     Ok((version, target))
 }
 
+/// Removes version `version` of `name`: renamed out of sight first, so no reader sees half of it.
+pub fn remove(models_dir: &Path, name: &str, version: u32) -> Result<(), ModelError> {
+    validate_name(name)?;
+    let (_, dir) = versions(models_dir, name)
+        .into_iter()
+        .find(|(v, _)| *v == version)
+        .ok_or_else(|| ModelError::Config(format!("no version {version} of `{name}`")))?;
+    let doomed = dir.with_file_name(format!(".deleting-v{version}-{}", std::process::id()));
+    std::fs::rename(&dir, &doomed).map_err(|e| artifact_error(&dir, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| artifact_error(&doomed, e))
+}
+
 /// Model names become directory names: keep them to a safe alphabet.
 pub fn validate_name(name: &str) -> Result<(), ModelError> {
     let ok = !name.is_empty()

@@ -6,7 +6,7 @@ pub mod jobs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +20,9 @@ pub enum StorageError {
     #[error("database task failed: {0}")]
     Task(String),
 }
+
+/// Settings key of the default model chosen over the API.
+pub const DEFAULT_MODEL_SETTING: &str = "default_model";
 
 /// Schema history; append only, never edit a released step.
 fn migrations() -> Migrations<'static> {
@@ -48,6 +51,7 @@ fn migrations() -> Migrations<'static> {
              );
              CREATE INDEX jobs_by_state ON jobs (state, id);",
         ),
+        M::up("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"),
     ])
 }
 
@@ -100,6 +104,17 @@ impl Database {
     /// Succeeds when the database answers a query.
     pub async fn ping(&self) -> Result<(), StorageError> {
         self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
+    pub async fn setting(&self, key: &'static str) -> Result<Option<String>, StorageError> {
+        self.with(move |c| c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()).await
+    }
+
+    pub async fn set_setting(&self, key: &'static str, value: String) -> Result<(), StorageError> {
+        self.with(move |c| {
+            c.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)).map(|_| ())
+        })
+        .await
     }
 
     /// Records a service start (kept as an audit trail of versions and devices that ran on this data).
