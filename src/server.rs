@@ -55,6 +55,8 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     };
     let app = api::router(state, &args);
 
+    // Handlers are installed before the address is announced, so an early SIGTERM is still graceful.
+    let shutdown_requested = shutdown_signal()?;
     let listener = TcpListener::bind(args.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
@@ -62,7 +64,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     let server = axum::serve(listener, app).with_graceful_shutdown({
         let shutdown_started = shutdown_started.clone();
         async move {
-            shutdown_signal().await;
+            shutdown_requested.await;
             tracing::info!("shutdown requested: no new connections, finishing in-flight requests");
             shutdown_started.notify_one();
         }
@@ -78,13 +80,15 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = async { tokio::signal::ctrl_c().await.expect("installing the SIGINT handler") };
-    let terminate = async {
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler").recv().await;
-    };
-    tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
-    }
+/// Resolves on SIGINT or SIGTERM; the handlers are registered when this is called.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {},
+            _ = terminate.recv() => {},
+        }
+    })
 }
