@@ -1,6 +1,6 @@
 //! vae-serve: train variational autoencoders in a background job queue and serve them.
 //!
-//! Layers, bottom up: `data` → `models` → `training` → `inference` → `api` (HTTP), with
+//! Layers, bottom up: `data` → `models` → `training` → `jobs` and `inference` → `api` (HTTP), with
 //! `storage` (SQLite) beside them and `server` wiring them together.
 
 pub mod api;

@@ -147,12 +147,16 @@ fn invalid_requests_name_the_field_and_a_full_queue_answers_429() {
     missing["dataset"] = json!("no-such-dataset");
     assert!(detail(submit(&server, &missing), 422).starts_with("dataset:"));
     assert!(detail(submit(&server, &tiny_job("x", 5000, 500)), 422).contains("VAE_MAX_EPOCHS"));
+    assert!(detail(submit(&server, &tiny_job("x", 1, 2_000_000)), 422).starts_with("data.max_train"));
     assert!(detail(client().post(server.url("/train")).header("content-type", "application/json").body("{").send().unwrap(), 400).contains("JSON"));
 
     // One long job runs, one waits; the next is refused with Retry-After.
     let long = submit(&server, &tiny_job("long", 500, 4000)).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
     wait_for_state(&server, long, &["running"], Duration::from_secs(60));
-    let waiting: Value = submit(&server, &tiny_job("waiting", 1, 500)).json().unwrap();
+    let mut no_limit = tiny_job("waiting", 1, 500);
+    no_limit["data"].as_object_mut().unwrap().remove("max_train");
+    let waiting: Value = submit(&server, &no_limit).json().unwrap();
+    assert_eq!(waiting["job"]["request"]["data"]["max_train"], 1_000_000, "capped at the server's limit");
     let waiting = waiting["job"]["id"].as_i64().unwrap();
     let refused = submit(&server, &tiny_job("refused", 1, 500));
     assert_eq!(refused.headers()["retry-after"], "30");

@@ -100,13 +100,16 @@ impl JobQueue {
         if request.options.epochs > config.max_epochs {
             return invalid("options.epochs", format!("{} is more than this server allows ({}; VAE_MAX_EPOCHS)", request.options.epochs, config.max_epochs));
         }
-        if request.data.max_train.unwrap_or(usize::MAX) > config.max_train_images {
-            return invalid("data.max_train", format!("set it to at most {} (VAE_MAX_TRAIN_IMAGES)", config.max_train_images));
+        if request.data.max_train.is_some_and(|n| n > config.max_train_images) {
+            return invalid("data.max_train", format!("must be at most {} (VAE_MAX_TRAIN_IMAGES)", config.max_train_images));
         }
         if !(0.0..0.9).contains(&request.data.validation_fraction) {
             return invalid("data.validation_fraction", format!("{} must be in [0, 0.9)", request.data.validation_fraction));
         }
-        let json = serde_json::to_value(request).expect("requests serialise");
+        // Without a limit of its own, a job uses at most the server's.
+        let mut request = request.clone();
+        request.data.max_train = Some(request.data.max_train.unwrap_or(config.max_train_images));
+        let json = serde_json::to_value(&request).expect("requests serialise");
         let (id, position) = self.inner.store.enqueue(&json, config.max_queued)?.ok_or(JobError::QueueFull(config.max_queued))?;
         self.wake_workers();
         let job = self.inner.store.get(id)?.ok_or(JobError::NotFound(id))?;
