@@ -40,12 +40,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Model {
         for (key, value) in &params {
             match key {
                 "name" => name = Some(value.to_string()),
-                "version" => version = Some(value.trim_start_matches('v').parse::<u32>().map_err(|_| ApiError::BadRequest(format!("version `{value}` is not a number")))?),
+                "version" => version = Some(parse_version(value)?),
                 _ => {}
             }
         }
         Ok(Model(name.map_or(ModelRef::Default, |name| ModelRef::Named { name, version })))
     }
+}
+
+/// A version path segment: `3` or `v3`.
+pub fn parse_version(text: &str) -> Result<u32, ApiError> {
+    text.trim_start_matches('v').parse().map_err(|_| ApiError::BadRequest(format!("version `{text}` is not a number")))
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema, PartialEq, Eq)]

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::problem::{ApiError, Problem};
+use super::inference::parse_version;
 use super::{blocking, AppState};
 use crate::jobs::{JobError, JobEvent};
 use crate::models::artifact::{self, Manifest};
@@ -202,7 +203,7 @@ pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) 
     (status = 404, body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn get_version(State(state): State<AppState>, Path((name, version)): Path<(String, String)>) -> Result<Json<Manifest>, ApiError> {
-    let version: u32 = version.trim_start_matches('v').parse().map_err(|_| ApiError::BadRequest(format!("version `{version}` is not a number")))?;
+    let version = parse_version(&version)?;
     let manifest = blocking(move || {
         artifact::validate_name(&name).map_err(|e| ApiError::NotFound(e.to_string()))?;
         let (_, dir) = artifact::versions(&state.models_dir, &name).into_iter().find(|(v, _)| *v == version).ok_or_else(|| ApiError::NotFound(format!("no version {version} of `{name}`")))?;
@@ -243,7 +244,7 @@ pub async fn set_default(State(state): State<AppState>, Path(name): Path<String>
     (status = 409, description = "it is the default model", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn delete_version(State(state): State<AppState>, Path((name, version)): Path<(String, String)>) -> Result<StatusCode, ApiError> {
-    let version: u32 = version.trim_start_matches('v').parse().map_err(|_| ApiError::BadRequest(format!("version `{version}` is not a number")))?;
+    let version = parse_version(&version)?;
     let id = format!("{name}@{version}");
     let default_spec = state.models.default_spec();
     let serving = crate::inference::resolve_model(&state.models_dir, &default_spec).map(|(id, _)| id).ok();
