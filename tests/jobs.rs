@@ -135,6 +135,14 @@ fn invalid_requests_name_the_field_and_a_full_queue_answers_429() {
         assert_eq!(response.headers()["content-type"], "application/problem+json");
         response.json::<Value>().unwrap()["detail"].as_str().unwrap().to_string()
     };
+    // The request example in the OpenAPI document is a valid request.
+    let openapi: Value = serde_json::from_str(include_str!("../openapi/openapi.json")).unwrap();
+    let example = submit(&server, &openapi["components"]["schemas"]["TrainRequest"]["example"]);
+    assert_eq!(example.status(), 202);
+    let example = example.json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+    client().delete(server.url(&format!("/v1/jobs/{example}"))).send().unwrap();
+    wait_for_state(&server, example, &["cancelled"], Duration::from_secs(30));
+
     let mut unknown = tiny_job("x", 1, 500);
     unknown["colour"] = json!("blue");
     assert!(detail(submit(&server, &unknown), 422).contains("unknown field `colour`"));
@@ -176,7 +184,7 @@ fn invalid_requests_name_the_field_and_a_full_queue_answers_429() {
     assert_eq!(client().delete(server.url("/v1/jobs/999")).send().unwrap().status(), 404);
     assert_eq!(client().get(server.url("/v1/jobs/999/events")).send().unwrap().status(), 404);
     let cancelled: Value = client().get(server.url("/v1/jobs?state=cancelled&limit=10")).send().unwrap().json().unwrap();
-    assert_eq!(cancelled.as_array().unwrap().len(), 2);
+    assert_eq!(cancelled.as_array().unwrap().len(), 3);
 }
 
 #[test]
@@ -228,4 +236,47 @@ fn a_job_killed_mid_training_resumes_from_its_last_checkpoint_after_restart() {
     server.wait_ready();
     let ready: Value = client().get(server.url("/readyz")).send().unwrap().json().unwrap();
     assert_eq!(ready["default_model_id"], "resumed@1");
+}
+
+#[test]
+fn a_crash_while_publishing_leaves_no_partial_model_and_the_job_still_publishes_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    let database = dir.path().join("state/vae.db");
+    let options = || ServerOptions { models_dir: Some(models.clone()), database: Some(database.clone()), ..Default::default() };
+    let server = Server::start(options());
+    // Two short epochs, then evaluation on the 10k test images and publishing: kill in that window.
+    let id = submit(&server, &tiny_job("publishing", 2, 1000)).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let job: Value = client().get(server.url(&format!("/v1/jobs/{id}"))).send().unwrap().json().unwrap();
+        if job["progress"]["epoch"] == 2 || job["state"] == "succeeded" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {job}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    server.kill_hard();
+
+    // Whatever the moment of the crash, every visible version is complete.
+    let complete = |models: &Path| {
+        for entry in std::fs::read_dir(models.join("publishing")).into_iter().flatten() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if name.starts_with('v') {
+                let manifest: Value = serde_json::from_slice(&std::fs::read(path.join("manifest.json")).unwrap()).unwrap();
+                assert_eq!(manifest["name"], "publishing");
+                assert!(std::fs::metadata(path.join("model.safetensors")).unwrap().len() > 1000);
+            }
+        }
+    };
+    complete(&models);
+    let server = Server::start(options());
+    let done = wait_for_state(&server, id, &["succeeded", "failed", "interrupted"], Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    complete(&models);
+    let listed: Value = client().get(server.url("/v1/models/publishing")).send().unwrap().json().unwrap();
+    let versions = listed["versions"].as_array().unwrap();
+    assert!(!versions.is_empty() && versions.len() <= 2, "{listed}");
+    assert_eq!(done["model_version"], versions.last().unwrap()["version"]);
 }

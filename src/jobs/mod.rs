@@ -234,6 +234,11 @@ impl JobQueue {
                 tracing::info!(job = id, completed_epochs, "training job cancelled; its last checkpoint is kept");
                 self.finish(id, JobState::Cancelled, None, None);
             }
+            // A job resumed after a crash whose checkpoint cannot be used: it cannot go on.
+            Err(error @ TrainError::Checkpoint { .. }) if job.attempts > 1 => {
+                tracing::warn!(job = id, %error, "training job interrupted: its checkpoint cannot be resumed");
+                self.finish(id, JobState::Interrupted, Some(error.to_string()), None);
+            }
             Err(error) => {
                 tracing::warn!(job = id, %error, "training job failed");
                 self.finish(id, JobState::Failed, Some(error.to_string()), None);

@@ -220,6 +220,21 @@ impl Default for DataRequest {
 /// A complete training request: what `POST /train` takes and `vae-serve train` builds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({
+    "name": "my-ssvae",
+    "dataset": "mnist",
+    "options": {
+        "epochs": 20,
+        "batch_size": 100,
+        "model": {"architecture": "semi-supervised", "latent_dim": 32, "hidden": [512, 256], "likelihood": {"kind": "bernoulli"}},
+        "optimizer": {"kind": "rmsprop", "learning_rate": 0.001, "momentum": 0.9, "grad_clip": 100.0},
+        "schedule": {"kind": "cosine", "min_factor": 0.01},
+        "kl_warmup_epochs": 0.0,
+        "labeled": 100,
+        "seed": 1
+    },
+    "data": {"validation_fraction": 0.1}
+}))]
 pub struct TrainRequest {
     /// Model name; the result is published as its next version.
     #[schema(example = "my-vae")]
