@@ -45,12 +45,26 @@ pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Re
     tracing::info!(model = %context.id, "model unloaded");
 }
 
-/// Blocks for a first job, then gathers more until the batch is full or the delay has passed.
+/// Blocks for a first job, then takes whatever else is already queued. Only when others were
+/// waiting (the model is under load) does it wait up to `max_batch_delay` for more: a lone
+/// request runs at once, so batching costs no latency when there is nothing to batch with.
 fn next_batch(queue: &Receiver<Job>, batching: &BatchingConfig) -> Option<Vec<Job>> {
     let first = queue.recv().ok()?;
-    let deadline = Instant::now() + batching.max_batch_delay;
     let mut rows = first.task.rows();
     let mut batch = vec![first];
+    while rows < batching.max_batch_size {
+        match queue.try_recv() {
+            Ok(job) => {
+                rows += job.task.rows();
+                batch.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    if batch.len() == 1 {
+        return Some(batch);
+    }
+    let deadline = Instant::now() + batching.max_batch_delay;
     while rows < batching.max_batch_size {
         let wait = deadline.saturating_duration_since(Instant::now());
         match queue.recv_timeout(wait) {
