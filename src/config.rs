@@ -86,7 +86,7 @@ pub struct ServeArgs {
     /// Rows (images or samples) that close an inference batch; 1 turns batching off.
     #[arg(long, env = "VAE_MAX_BATCH_SIZE", default_value_t = 64)]
     pub max_batch_size: usize,
-    /// How long a request waits for others to batch with, in milliseconds.
+    /// Under load, how long a batch waits for more requests, in milliseconds (a lone request never waits).
     #[arg(long, env = "VAE_MAX_BATCH_DELAY_MS", default_value_t = 2)]
     pub max_batch_delay_ms: u64,
     /// Requests that may wait per model; beyond it requests get 503 with Retry-After.

@@ -1,7 +1,7 @@
 //! The inference side. Each loaded model lives on a dedicated thread (tensors are not Sync and
 //! grad mode is thread-local), fed by a bounded queue, as in text-embeddings-inference. The
-//! thread batches queued requests dynamically: a batch closes at `max_batch_size` rows or after
-//! `max_batch_delay`, and runs as one encoder pass and one decoder pass.
+//! thread batches queued requests dynamically (up to `max_batch_size` rows, waiting at most
+//! `max_batch_delay` and only under load) and runs a batch as one encoder and one decoder pass.
 
 pub mod input;
 mod worker;
@@ -41,7 +41,7 @@ pub enum InferenceError {
 pub struct BatchingConfig {
     /// Rows (images or samples) that close a batch; 1 turns batching off.
     pub max_batch_size: usize,
-    /// How long the first request of a batch waits for company.
+    /// Under load, how long a batch waits for more requests; a lone request never waits.
     pub max_batch_delay: Duration,
     /// Requests that may wait per model before new ones get 503.
     pub queue_capacity: usize,
