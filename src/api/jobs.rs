@@ -205,8 +205,9 @@ pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) 
 pub async fn get_version(State(state): State<AppState>, Path((name, version)): Path<(String, String)>) -> Result<Json<Manifest>, ApiError> {
     let version = parse_version(&version)?;
     let manifest = blocking(move || {
-        artifact::validate_name(&name).map_err(|e| ApiError::NotFound(e.to_string()))?;
-        let (_, dir) = artifact::versions(&state.models_dir, &name).into_iter().find(|(v, _)| *v == version).ok_or_else(|| ApiError::NotFound(format!("no version {version} of `{name}`")))?;
+        let (_, dir) = artifact::find_version(&state.models_dir, &name, Some(version))
+            .map_err(|e| ApiError::NotFound(e.to_string()))?
+            .ok_or_else(|| ApiError::NotFound(format!("no version {version} of `{name}`")))?;
         artifact::read_manifest(&dir).map_err(|e| ApiError::Internal(e.to_string()))
     })
     .await??;

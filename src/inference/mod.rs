@@ -177,14 +177,8 @@ pub fn resolve_model(models_dir: &Path, spec: &str) -> Result<(String, PathBuf),
         Some((name, v)) => (name, Some(v.trim_start_matches('v').parse::<u32>().map_err(|_| format!("`{spec}`: version must be a number"))?)),
         None => (spec, None),
     };
-    // Names become paths: nothing outside the models directory can be named.
-    artifact::validate_name(name).map_err(|e| e.to_string())?;
-    let versions = artifact::versions(models_dir, name);
-    let found = match wanted {
-        Some(v) => versions.into_iter().find(|(n, _)| *n == v),
-        None => versions.into_iter().last(),
-    };
-    found
+    artifact::find_version(models_dir, name, wanted)
+        .map_err(|e| e.to_string())?
         .map(|(v, path)| (format!("{name}@{v}"), path))
         .ok_or_else(|| format!("model `{spec}` not found under {}", models_dir.display()))
 }

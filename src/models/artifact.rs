@@ -144,13 +144,20 @@ pub fn publish(models_dir: &Path, loaded: &LoadedModel, manifest: &Manifest) -> 
     Ok((version, target))
 }
 
+/// Version `version` of `name` (its latest when `None`) and its directory, if published.
+pub fn find_version(models_dir: &Path, name: &str, version: Option<u32>) -> Result<Option<(u32, PathBuf)>, ModelError> {
+    // Names become paths: nothing outside the models directory can be named.
+    validate_name(name)?;
+    let published = versions(models_dir, name);
+    Ok(match version {
+        Some(wanted) => published.into_iter().find(|(v, _)| *v == wanted),
+        None => published.into_iter().last(),
+    })
+}
+
 /// Removes version `version` of `name`: renamed out of sight first, so no reader sees half of it.
 pub fn remove(models_dir: &Path, name: &str, version: u32) -> Result<(), ModelError> {
-    validate_name(name)?;
-    let (_, dir) = versions(models_dir, name)
-        .into_iter()
-        .find(|(v, _)| *v == version)
-        .ok_or_else(|| ModelError::Config(format!("no version {version} of `{name}`")))?;
+    let (_, dir) = find_version(models_dir, name, Some(version))?.ok_or_else(|| ModelError::Config(format!("no version {version} of `{name}`")))?;
     let doomed = dir.with_file_name(format!(".deleting-v{version}-{}", std::process::id()));
     std::fs::rename(&dir, &doomed).map_err(|e| artifact_error(&dir, e))?;
     std::fs::remove_dir_all(&doomed).map_err(|e| artifact_error(&doomed, e))
