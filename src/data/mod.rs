@@ -122,10 +122,17 @@ impl Default for DataOptions {
     }
 }
 
-pub fn load(source: &DatasetSource, options: &DataOptions) -> Result<Splits, DataError> {
-    if !(0.0..0.9).contains(&options.validation_fraction) {
-        return Err(DataError::Invalid(format!("validation fraction {} must be in [0, 0.9)", options.validation_fraction)));
+/// The held-out fraction must leave most of the training set for training.
+pub fn check_validation_fraction(fraction: f64) -> Result<(), String> {
+    if (0.0..0.9).contains(&fraction) {
+        Ok(())
+    } else {
+        Err(format!("{fraction} must be in [0, 0.9)"))
     }
+}
+
+pub fn load(source: &DatasetSource, options: &DataOptions) -> Result<Splits, DataError> {
+    check_validation_fraction(options.validation_fraction).map_err(|why| DataError::Invalid(format!("validation fraction {why}")))?;
     let (full_train, test, shape, label_names) = match source {
         DatasetSource::Idx(dir) => {
             let train = read_idx_pair(dir, "train")?;

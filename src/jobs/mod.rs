@@ -103,8 +103,8 @@ impl JobQueue {
         if request.data.max_train.is_some_and(|n| n > config.max_train_images) {
             return invalid("data.max_train", format!("must be at most {} (VAE_MAX_TRAIN_IMAGES)", config.max_train_images));
         }
-        if !(0.0..0.9).contains(&request.data.validation_fraction) {
-            return invalid("data.validation_fraction", format!("{} must be in [0, 0.9)", request.data.validation_fraction));
+        if let Err(why) = crate::data::check_validation_fraction(request.data.validation_fraction) {
+            return invalid("data.validation_fraction", why);
         }
         // Without a limit of its own, a job uses at most the server's.
         let mut request = request.clone();
