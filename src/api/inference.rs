@@ -179,7 +179,7 @@ pub async fn interpolate_images(State(state): State<AppState>, Model(model): Mod
     let (mut images, _) = decode_uploads(&info, uploads).await?;
     let (to, from) = (images.pop().expect("two images"), images.pop().expect("two images"));
     let task = Task::Interpolate { from: Endpoint::Image(from), to: Endpoint::Image(to), steps, seed: 0 };
-    let (info, outcome) = state.models.run(&model, task).await?;
+    let (info, outcome) = state.models.run(&info.pinned(), task).await?;
     generated_response(info, outcome, query.format.unwrap_or_default(), steps).await
 }
 
@@ -238,7 +238,8 @@ pub struct ReconstructResponse {
     (status = 415, description = "unsupported content or image type", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Query(query): Query<ReconstructQuery>, uploads: Uploads) -> Result<Response, ApiError> {
-    let (info, analyses, conversions) = analyse(&state, &model, uploads).await?;
+    let info = state.models.info(&model).await?;
+    let (info, analyses, conversions) = analyse(&state, &info, uploads).await?;
     let shape = info.config.image.clone();
     let header = [(MODEL_HEADER, model_header(&info))];
     let batch = ImageBatch { shape, pixels: analyses.iter().flat_map(|a| a.reconstruction.iter().copied()).collect() };
@@ -289,7 +290,7 @@ pub async fn classify(State(state): State<AppState>, Model(model): Model, upload
             info.id, info.config.architecture
         )));
     }
-    let (info, analyses, conversions) = analyse(&state, &model, uploads).await?;
+    let (info, analyses, conversions) = analyse(&state, &info, uploads).await?;
     let names = &info.config.label_names;
     let results = analyses
         .into_iter()
@@ -330,15 +331,16 @@ pub struct EncodeResponse {
     (status = 415, description = "unsupported content or image type", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn encode(State(state): State<AppState>, Model(model): Model, uploads: Uploads) -> Result<Response, ApiError> {
-    let (info, analyses, conversions) = analyse(&state, &model, uploads).await?;
+    let info = state.models.info(&model).await?;
+    let (info, analyses, conversions) = analyse(&state, &info, uploads).await?;
     let results = analyses.into_iter().zip(conversions).map(|(a, conversion)| Encoding { mean: a.mean, log_var: a.log_var, conversion }).collect();
     Ok(([(MODEL_HEADER, model_header(&info))], Json(EncodeResponse { model: info.id, results })).into_response())
 }
 
-async fn analyse(state: &AppState, model: &ModelRef, uploads: Uploads) -> Result<(ModelInfo, Vec<Analysis>, Vec<Conversion>), ApiError> {
-    let info = state.models.info(model).await?;
-    let (images, conversions) = decode_uploads(&info, uploads).await?;
-    match state.models.run(model, Task::Analyse { images }).await? {
+/// Decodes uploads to the shape of the model `info` describes and runs them on that very version.
+async fn analyse(state: &AppState, info: &ModelInfo, uploads: Uploads) -> Result<(ModelInfo, Vec<Analysis>, Vec<Conversion>), ApiError> {
+    let (images, conversions) = decode_uploads(info, uploads).await?;
+    match state.models.run(&info.pinned(), Task::Analyse { images }).await? {
         (info, Outcome::Analysed(analyses)) => Ok((info, analyses, conversions)),
         _ => Err(ApiError::Internal("the model answered an analysis with generated images".into())),
     }

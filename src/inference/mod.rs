@@ -59,9 +59,18 @@ pub enum ModelRef {
 /// A loaded model's identity and configuration.
 #[derive(Debug, Clone)]
 pub struct ModelInfo {
-    /// `name@version`.
+    /// `name@version`, as `resolve_model` builds it.
     pub id: String,
     pub config: ModelConfig,
+}
+
+impl ModelInfo {
+    /// This exact version, so a request that looked at the model (to decode uploads to its
+    /// shape) runs on the same version even if a newer one is published meanwhile.
+    pub fn pinned(&self) -> ModelRef {
+        let (name, version) = self.id.split_once('@').expect("ids are `name@version`");
+        ModelRef::Named { name: name.to_string(), version: version.parse().ok() }
+    }
 }
 
 /// One end of an interpolation.
