@@ -52,29 +52,24 @@ fn next_batch(queue: &Receiver<Job>, batching: &BatchingConfig) -> Option<Vec<Jo
     let first = queue.recv().ok()?;
     let mut rows = first.task.rows();
     let mut batch = vec![first];
+    // No deadline yet: only take what is already queued.
+    let mut deadline: Option<Instant> = None;
     while rows < batching.max_batch_size {
-        match queue.try_recv() {
+        let next = match deadline {
+            None => queue.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+            Some(deadline) => queue.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+        };
+        match next {
             Ok(job) => {
                 rows += job.task.rows();
                 batch.push(job);
             }
+            // The queue ran dry with company found: the model is under load, wait a little for more.
+            Err(RecvTimeoutError::Timeout) if deadline.is_none() && batch.len() > 1 => {
+                deadline = Some(Instant::now() + batching.max_batch_delay);
+            }
+            // A lone request, the delay spent, or the host dropped this worker: run what we have.
             Err(_) => break,
-        }
-    }
-    if batch.len() == 1 {
-        return Some(batch);
-    }
-    let deadline = Instant::now() + batching.max_batch_delay;
-    while rows < batching.max_batch_size {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        match queue.recv_timeout(wait) {
-            Ok(job) => {
-                rows += job.task.rows();
-                batch.push(job);
-            }
-            Err(RecvTimeoutError::Timeout) => break,
-            // The host dropped this worker: finish what was gathered.
-            Err(RecvTimeoutError::Disconnected) => break,
         }
     }
     Some(batch)
