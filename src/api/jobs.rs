@@ -47,7 +47,7 @@ pub struct Submitted {
 ))]
 pub async fn submit(State(state): State<AppState>, Json(request): Json<TrainRequest>) -> Result<Response, ApiError> {
     let jobs = state.jobs.clone();
-    let (job, position) = blocking(move || jobs.submit(&request)).await??;
+    let (job, position) = blocking(move || jobs.submit(request)).await??;
     let location = format!("/v1/jobs/{}", job.id);
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(Submitted { job, position })).into_response())
 }

@@ -85,7 +85,7 @@ impl JobQueue {
     }
 
     /// Validates and queues a request; returns the job and its queue position.
-    pub fn submit(&self, request: &TrainRequest) -> Result<(JobRecord, usize), JobError> {
+    pub fn submit(&self, mut request: TrainRequest) -> Result<(JobRecord, usize), JobError> {
         let config = &self.inner.config;
         let invalid = |field, why: String| Err(JobError::Invalid { field, why });
         if let Err(e) = crate::models::artifact::validate_name(&request.name) {
@@ -107,7 +107,6 @@ impl JobQueue {
             return invalid("data.validation_fraction", why);
         }
         // Without a limit of its own, a job uses at most the server's.
-        let mut request = request.clone();
         request.data.max_train = Some(request.data.max_train.unwrap_or(config.max_train_images));
         let json = serde_json::to_value(&request).expect("requests serialise");
         let (id, position) = self.inner.store.enqueue(&json, config.max_queued)?.ok_or(JobError::QueueFull(config.max_queued))?;
@@ -194,7 +193,8 @@ impl JobQueue {
         tracing::info!(job = id, name = %request.name, attempt = job.attempts, "training job started");
         let token = CancelToken::default();
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
-        let checkpoint = self.inner.config.jobs_dir.join(id.to_string()).join("checkpoint");
+        let job_dir = self.inner.config.jobs_dir.join(id.to_string());
+        let checkpoint = job_dir.join("checkpoint");
         let places = Places { data_dir: &self.inner.config.data_dir, models_dir: &self.inner.config.models_dir, checkpoint_dir: Some(&checkpoint) };
         let epochs = request.options.epochs;
         // The checkpoint's history is authoritative: the database may lag it by an epoch after a crash.
@@ -227,7 +227,7 @@ impl JobQueue {
         match result {
             Ok(published) => {
                 tracing::info!(job = id, model = %published.name, version = published.version, "training job succeeded");
-                let _ = std::fs::remove_dir_all(checkpoint.parent().unwrap_or(&checkpoint));
+                let _ = std::fs::remove_dir_all(&job_dir);
                 self.finish(id, JobState::Succeeded, None, Some(published.version));
             }
             Err(TrainError::Cancelled { completed_epochs }) => {
