@@ -50,6 +50,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         models,
         jobs,
         models_dir: Arc::from(args.models_dir.as_path()),
+        data_dir: Arc::from(global.data_dir.as_path()),
         metrics,
         runtime: Arc::new(runtime),
     };

@@ -145,6 +145,13 @@ pub async fn events(State(state): State<AppState>, Path(id): Path<i64>) -> Resul
     Ok(Sse::new(snapshot.chain(updates)).keep_alive(KeepAlive::default()))
 }
 
+/// Datasets a training request can name: the folders of the data directory and of
+/// /usr/share/datasets that hold IDX files or one image folder per class.
+#[utoipa::path(get, path = "/v1/datasets", tag = "training", responses((status = 200, body = Vec<crate::data::CatalogEntry>)))]
+pub async fn datasets(State(state): State<AppState>) -> Result<Json<Vec<crate::data::CatalogEntry>>, ApiError> {
+    Ok(Json(blocking(move || crate::data::catalog(&state.data_dir)).await?))
+}
+
 /// One model name and its versions.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ModelEntry {

@@ -43,6 +43,7 @@ pub struct AppState {
     pub models: ModelHost,
     pub jobs: JobQueue,
     pub models_dir: Arc<std::path::Path>,
+    pub data_dir: Arc<std::path::Path>,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<TorchRuntime>,
 }
@@ -54,10 +55,10 @@ pub struct AppState {
         health::healthz, health::readyz, health::metrics,
         inference::sample, inference::interpolate_labels, inference::interpolate_images,
         inference::reconstruct, inference::classify, inference::encode,
-        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events,
+        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::datasets,
         jobs::list_models, jobs::get_model, jobs::get_version, jobs::set_default, jobs::delete_version,
     ),
-    components(schemas(problem::Problem, health::Health, health::Readiness, crate::training::TrainRequest, crate::training::DataRequest)),
+    components(schemas(problem::Problem, health::Health, health::Readiness, crate::training::TrainRequest, crate::training::DataRequest, crate::data::CatalogEntry)),
     tags(
         (name = "operations", description = "Liveness, readiness and metrics"),
         (name = "training", description = "The background training queue (POST /train is an alias of POST /v1/train)"),
@@ -114,6 +115,7 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/datasets", get(jobs::datasets))
         .route("/v1/models", get(jobs::list_models))
         .route("/v1/models/{name}", get(jobs::get_model))
         .route("/v1/models/{name}/default", put(jobs::set_default))

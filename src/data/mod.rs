@@ -61,6 +61,38 @@ pub fn resolve(spec: &str, data_dir: &Path) -> Result<DatasetSource, DataError> 
     Err(DataError::NotFound { name: spec.to_string(), tried })
 }
 
+/// A dataset that `resolve` would find by name alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct CatalogEntry {
+    pub name: String,
+    /// `idx` or `image-folder`.
+    pub format: String,
+    pub path: String,
+}
+
+/// Every dataset findable by name: the folders of `data_dir`, then those of the system dataset
+/// directory, each name once (the first place wins, as in `resolve`).
+pub fn catalog(data_dir: &Path) -> Vec<CatalogEntry> {
+    let mut entries: Vec<CatalogEntry> = Vec::new();
+    for root in [data_dir, Path::new(SYSTEM_DATASETS)] {
+        let Ok(children) = std::fs::read_dir(root) else { continue };
+        let mut names: Vec<String> = children.filter_map(Result::ok).filter_map(|e| e.file_name().into_string().ok()).collect();
+        names.sort();
+        for name in names {
+            if entries.iter().any(|e| e.name == name) {
+                continue;
+            }
+            let format = match resolve(&name, data_dir) {
+                Ok(DatasetSource::Idx(_)) => "idx",
+                Ok(DatasetSource::ImageFolder(_)) => "image-folder",
+                Err(_) => continue,
+            };
+            entries.push(CatalogEntry { path: root.join(&name).display().to_string(), format: format.into(), name });
+        }
+    }
+    entries
+}
+
 /// A labelled image set held in memory.
 #[derive(Debug)]
 pub struct Dataset {
@@ -240,6 +272,18 @@ mod tests {
         let (lo, hi) = (splits.test.images.min().double_value(&[]), splits.test.images.max().double_value(&[]));
         assert!(lo >= 0.0 && hi <= 1.0 && hi > 0.99);
         assert_eq!(splits.label_names[3], "3");
+    }
+
+    #[test]
+    fn catalog_lists_findable_datasets_once() {
+        let entries = catalog(&shared_data_dir());
+        let find = |name: &str| entries.iter().find(|e| e.name == name).map(|e| e.format.as_str());
+        assert_eq!(find("mnist"), Some("idx"));
+        assert_eq!(find("fashion-mnist"), Some("idx"));
+        assert_eq!(entries.iter().filter(|e| e.name == "fashion-mnist").count(), 1, "{entries:?}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("not-a-dataset")).unwrap();
+        assert!(catalog(dir.path()).iter().all(|e| e.name != "not-a-dataset"));
     }
 
     #[test]
