@@ -6,10 +6,14 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export VAE_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: setup build run test openapi fmt
+.PHONY: setup browser-setup build run test openapi fmt
 
 setup:
 	@scripts/setup-libtorch.sh
+
+# Chromium and playwright-core for the console's end-to-end test.
+browser-setup:
+	@scripts/setup-browser-tests.sh
 
 build: setup
 	cargo build --release --locked
@@ -17,7 +21,7 @@ build: setup
 run: build
 	./target/release/vae-serve serve
 
-test: setup
+test: setup browser-setup
 	cargo test --locked -- --test-threads=2
 
 openapi: build

@@ -6,10 +6,9 @@ mod common;
 use std::io::Cursor;
 
 use base64::Engine;
-use common::{client, Server, ServerOptions};
+use common::{client, test_digits, Server, ServerOptions};
 use reqwest::blocking::multipart;
 use serde_json::{json, Value};
-use vae_serve::data::{self, DataOptions};
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
 
@@ -17,25 +16,6 @@ fn shipped_server(env: Vec<(String, String)>) -> Server {
     let server = Server::start(ServerOptions { models_dir: Some(SHIPPED.into()), default_model: "mnist-ssvae".into(), env, ..Default::default() });
     server.wait_ready();
     server
-}
-
-/// The first `n` MNIST test digits as PNG files, with their labels.
-fn test_digits(n: usize) -> Vec<(Vec<u8>, i64)> {
-    let source = data::resolve("mnist", &common::shared_data()).unwrap();
-    let splits = data::load(&source, &DataOptions { validation_fraction: 0.0, max_train: Some(10), ..Default::default() }).unwrap();
-    let test = splits.test.first(n);
-    let pixels = Vec::<u8>::try_from((test.images * 255.0).round().to_kind(tch::Kind::Uint8).view([-1])).unwrap();
-    let labels = Vec::<i64>::try_from(&test.labels).unwrap();
-    pixels
-        .chunks(784)
-        .zip(labels)
-        .map(|(p, l)| {
-            let image = image::GrayImage::from_raw(28, 28, p.to_vec()).unwrap();
-            let mut png = Cursor::new(Vec::new());
-            image.write_to(&mut png, image::ImageFormat::Png).unwrap();
-            (png.into_inner(), l)
-        })
-        .collect()
 }
 
 fn b64(bytes: &[u8]) -> String {

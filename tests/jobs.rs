@@ -7,19 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{client, Server, ServerOptions};
+use common::{client, models_with_default, Server, ServerOptions};
 use serde_json::{json, Value};
-
-/// A models directory holding a copy of the shipped default model (jobs publish next to it).
-fn models_with_default(dir: &Path) -> std::path::PathBuf {
-    let models = dir.join("models");
-    let target = models.join("mnist-ssvae/v1");
-    std::fs::create_dir_all(&target).unwrap();
-    for file in ["manifest.json", "model.safetensors"] {
-        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-ssvae/v1").join(file), target.join(file)).unwrap();
-    }
-    models
-}
 
 fn tiny_job(name: &str, epochs: usize, max_train: usize) -> Value {
     json!({

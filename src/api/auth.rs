@@ -1,6 +1,6 @@
 //! Bearer-token access control. With an API key configured, requests that change state (any
 //! method but GET, HEAD and OPTIONS) need `Authorization: Bearer <key>`; with `auth_all`, reads
-//! need it too, except the health probes.
+//! need it too, except the health probes and the console's own files.
 
 use std::sync::Arc;
 
@@ -31,8 +31,8 @@ impl AccessPolicy {
 
     fn needs_key(&self, method: &Method, path: &str) -> bool {
         let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let probe = matches!(path, "/healthz" | "/readyz");
-        self.key.is_some() && (!read || (self.auth_all && !probe))
+        let public = matches!(path, "/healthz" | "/readyz") || super::console::is_public_asset(path);
+        self.key.is_some() && (!read || (self.auth_all && !public))
     }
 
     fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
@@ -82,6 +82,8 @@ mod tests {
         assert!(!keyed.needs_key(&Method::GET, "/sample"));
         let strict = AccessPolicy::new(Some("k".into()), true);
         assert!(strict.needs_key(&Method::GET, "/sample") && !strict.needs_key(&Method::GET, "/healthz"));
+        assert!(!strict.needs_key(&Method::GET, "/") && !strict.needs_key(&Method::GET, "/console/console.js"));
+        assert!(strict.needs_key(&Method::GET, "/v1/datasets"));
         assert!(keyed.accepts(Some(&HeaderValue::from_static("Bearer k"))));
         assert!(!keyed.accepts(Some(&HeaderValue::from_static("Basic k"))) && !keyed.accepts(None));
         assert!(!format!("{keyed:?}").contains("\"k\""));

@@ -2,6 +2,7 @@
 //! a lower layer and map its answer; torch code lives elsewhere.
 
 pub mod auth;
+pub mod console;
 pub mod health;
 pub mod inference;
 pub mod jobs;
@@ -107,6 +108,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// The full application: routes plus middleware, outermost first in reading order below.
 pub fn router(state: AppState, config: &ServeArgs) -> Router {
     let routes = Router::new()
+        .route("/", get(console::index))
+        .route("/console/{name}", get(console::asset))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -150,3 +150,34 @@ pub fn train_tiny_model(models_dir: &Path, name: &str) {
         .expect("running vae-serve train");
     assert!(output.status.success(), "training failed: {}", String::from_utf8_lossy(&output.stderr));
 }
+
+/// A models directory holding a copy of the shipped default model (jobs publish next to it).
+pub fn models_with_default(dir: &Path) -> std::path::PathBuf {
+    let models = dir.join("models");
+    let target = models.join("mnist-ssvae/v1");
+    std::fs::create_dir_all(&target).unwrap();
+    for file in ["manifest.json", "model.safetensors"] {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-ssvae/v1").join(file), target.join(file)).unwrap();
+    }
+    models
+}
+
+/// The first `n` MNIST test digits as PNG files, with their labels.
+pub fn test_digits(n: usize) -> Vec<(Vec<u8>, i64)> {
+    let source = vae_serve::data::resolve("mnist", &shared_data()).unwrap();
+    let splits = vae_serve::data::load(&source, &vae_serve::data::DataOptions { validation_fraction: 0.0, max_train: Some(10), ..Default::default() }).unwrap();
+    let test = splits.test.first(n);
+    let pixels = Vec::<u8>::try_from((test.images * 255.0).round().to_kind(tch::Kind::Uint8).view([-1])).unwrap();
+    let labels = Vec::<i64>::try_from(&test.labels).unwrap();
+    pixels
+        .chunks(784)
+        .zip(labels)
+        .map(|(p, l)| {
+            let image = image::GrayImage::from_raw(28, 28, p.to_vec()).unwrap();
+            let mut png = std::io::Cursor::new(Vec::new());
+            image.write_to(&mut png, image::ImageFormat::Png).unwrap();
+            (png.into_inner(), l)
+        })
+        .collect()
+}
+
