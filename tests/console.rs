@@ -57,6 +57,7 @@ fn console_works_end_to_end_in_headless_chromium() {
     std::fs::write(&digit_path, digit).unwrap();
     // Screenshots are the test's artifacts, kept after it ends.
     let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
     std::fs::create_dir_all(&shots).unwrap();
     let output = Command::new("node")
         .arg(e2e.join("console.mjs"))

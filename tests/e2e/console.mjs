@@ -68,6 +68,14 @@ try {
   await page.click('#interpolate-labels button[type="submit"]');
   await imageLoaded(page, "#interp-strip");
 
+  step = "interpolate between two uploaded images";
+  const labelStrip = await page.getAttribute("#interp-strip", "src");
+  await page.setInputFiles("#interp-first", digitPath);
+  await page.setInputFiles("#interp-second", digitPath);
+  await page.click('#interpolate-images button[type="submit"]');
+  await page.waitForFunction((old) => document.querySelector("#interp-strip").getAttribute("src") !== old, labelStrip);
+  await imageLoaded(page, "#interp-strip");
+
   step = "draw a stroke";
   const pad = await page.locator("#pad").boundingBox();
   await page.mouse.move(pad.x + pad.width * 0.5, pad.y + pad.height * 0.15);
