@@ -36,8 +36,8 @@ pub struct TrainArgs {
     /// Directory holding model directories.
     #[arg(long, env = "VAE_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
-    /// A JSON file with the training options (the same document POST /train takes); the
-    /// model and optimisation flags below are then ignored.
+    /// A file with the training options, TOML (`.toml`) or JSON (the `options` object POST
+    /// /train takes); the model and optimisation flags below are then ignored.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Keep a checkpoint here after every epoch and resume from it if present.
@@ -115,8 +115,7 @@ pub struct TrainArgs {
 impl TrainArgs {
     fn options(&self) -> anyhow::Result<TrainOptions> {
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            return serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+            return read_options(path);
         }
         let defaults = TrainOptions::default();
         Ok(TrainOptions {
@@ -155,6 +154,16 @@ impl TrainArgs {
             seed: self.seed,
         })
     }
+}
+
+/// Training options from a TOML file (by its extension) or a JSON one; unknown keys are errors.
+fn read_options(path: &Path) -> anyhow::Result<TrainOptions> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
+    let parsed = if toml { toml::from_str(&text).map_err(anyhow::Error::from) } else { serde_json::from_str(&text).map_err(anyhow::Error::from) };
+    let options: TrainOptions = parsed.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    options.validate()?;
+    Ok(options)
 }
 
 pub fn run_train(global: &GlobalArgs, runtime: &TorchRuntime, args: &TrainArgs) -> anyhow::Result<()> {
@@ -254,4 +263,43 @@ pub fn run_sample(runtime: &TorchRuntime, args: &SampleArgs) -> anyhow::Result<(
 
 fn write_png(path: &Path, image: &image::DynamicImage) -> anyhow::Result<()> {
     std::fs::write(path, render::png_bytes(image)).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_and_json_configs_give_the_same_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let toml_path = dir.path().join("train.toml");
+        std::fs::write(&toml_path, r#"
+epochs = 30
+labeled = 1000
+[model]
+architecture = "semi-supervised"
+hidden = [512, 256]
+classifier_weight = 10.0
+[optimizer]
+kind = "rmsprop"
+learning_rate = 0.001
+[schedule]
+kind = "cosine"
+min_factor = 0.01
+"#).unwrap();
+        let json_path = dir.path().join("train.json");
+        std::fs::write(&json_path, r#"{"epochs": 30, "labeled": 1000,
+            "model": {"architecture": "semi-supervised", "hidden": [512, 256], "classifier_weight": 10.0},
+            "optimizer": {"kind": "rmsprop", "learning_rate": 0.001},
+            "schedule": {"kind": "cosine", "min_factor": 0.01}}"#).unwrap();
+        let from_toml = read_options(&toml_path).unwrap();
+        assert_eq!(from_toml, read_options(&json_path).unwrap());
+        assert_eq!((from_toml.epochs, from_toml.model.architecture, from_toml.optimizer.kind), (30, Architecture::SemiSupervised, OptimizerKind::Rmsprop));
+
+        std::fs::write(&toml_path, "epochs = 3\nlearning_rate = 0.1\n").unwrap();
+        let error = read_options(&toml_path).unwrap_err().to_string();
+        assert!(error.contains("train.toml") && error.contains("learning_rate"), "{error}");
+        std::fs::write(&toml_path, "epochs = 0\n").unwrap();
+        assert!(read_options(&toml_path).unwrap_err().to_string().contains("epochs"));
+    }
 }
