@@ -257,6 +257,8 @@ pub struct Published {
     pub version: u32,
     pub path: PathBuf,
     pub metrics: BTreeMap<String, f64>,
+    /// Every epoch's metrics, for learning curves and time-to-quality.
+    pub history: Vec<EpochMetrics>,
 }
 
 /// Loads the data, trains, evaluates on the test split and publishes the model atomically.
@@ -308,7 +310,7 @@ pub fn train_and_publish(
         created_at: chrono::Utc::now(),
     };
     let (version, path) = artifact::publish(places.models_dir, &trained.model, &manifest)?;
-    Ok(Published { name: request.name.clone(), version, path, metrics })
+    Ok(Published { name: request.name.clone(), version, path, metrics, history: trained.history })
 }
 
 /// Trains per `options` on `splits`. With `checkpoint_dir`, saves a checkpoint after every
