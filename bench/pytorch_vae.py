@@ -172,6 +172,7 @@ def main():
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--conv-channels", default="16,32")
     p.add_argument("--labeled", type=int, default=100, help="semi-supervised: labelled examples, balanced")
+    p.add_argument("--classifier-weight", type=float, default=10.0, help="semi-supervised: α, as vae-serve train's default")
     p.add_argument("--validation-fraction", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda: the data then lives on the device")
@@ -215,7 +216,7 @@ def main():
             if semi_supervised:
                 pick = torch.randint(lab_x.shape[0], (a.batch_size,), device=a.device)
                 labels = torch.cat([torch.full((a.batch_size,), -1, dtype=torch.long, device=a.device), lab_y[pick]])
-                loss, _, _ = m2_objective(model, torch.cat([x, lab_x[pick]]), labels)
+                loss, _, _ = m2_objective(model, torch.cat([x, lab_x[pick]]), labels, a.classifier_weight)
             else:
                 loss = negative_elbo(model, x)
             opt.zero_grad()
