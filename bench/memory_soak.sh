@@ -6,7 +6,8 @@
 #
 #   bench/memory_soak.sh [MINUTES]
 #
-# Needs `make build` and oha (installed with cargo when missing).
+# Needs `make build` and oha (installed with cargo when missing). In oha's --rand-regex-url a dot
+# is literal and `?` needs a class: `[?]`. Fails if any request was not answered 200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
@@ -38,7 +39,7 @@ echo "0,$(rss_kb)" >> "$CSV"
 duration="${MINUTES}m"
 oha -z "$duration" -c 16 --no-tui --output-format json -m POST -T image/png -D "$OUT/digit.png" http://127.0.0.1:18280/classify > "$OUT/classify.json" &
 oha -z "$duration" -c 8 --no-tui --output-format json -m POST -T image/png -D "$OUT/digit.png" http://127.0.0.1:18280/reconstruct > "$OUT/reconstruct.json" &
-oha -z "$duration" -c 8 --no-tui --output-format json --rand-regex-url 'http://127\.0\.0\.1:18280/sample\?n=(1|4|16)&label=[0-9]&seed=[0-9]{1,6}' > "$OUT/sample.json" &
+oha -z "$duration" -c 8 --no-tui --output-format json --rand-regex-url 'http://127.0.0.1:18280/sample[?]n=(1|4|16)&label=[0-9]&seed=[0-9]{1,6}' > "$OUT/sample.json" &
 start=$(date +%s)
 while [ $(( $(date +%s) - start )) -lt $(( MINUTES * 60 )) ]; do
   sleep 10
@@ -60,11 +61,14 @@ warm = [m for s, m in loaded if s >= 60]
 xs = [s / 60 for s, m in loaded if s >= 60]
 mean_x, mean_y = sum(xs) / len(xs), sum(warm) / len(warm)
 slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, warm)) / sum((x - mean_x) ** 2 for x in xs)
-requests = 0
+requests, failed = 0, 0
 for name in ("classify", "reconstruct", "sample"):
     r = json.load(open(f"{out}/{name}.json"))
     codes = r.get("statusCodeDistribution", {})
     requests += sum(codes.values())
+    # Requests cut off by the deadline show up as errors, not statuses; a generator with no
+    # answered request at all (a wrong URL) is a failure.
+    failed += sum(codes.values()) - codes.get("200", 0) + (0 if codes else 1)
     print(f"- `{name}`: {r['summary']['requestsPerSec']:.0f} req/s, {codes.get('200', 0)}/{sum(codes.values())} answered 200")
 print()
 print("| phase | resident memory (MiB) |")
@@ -77,4 +81,6 @@ print(f"| 5 s after the load stopped | {after:.0f} |")
 print()
 print(f"{requests} requests in {minutes} minutes. Slope from minute 1 to the end: **{slope:+.2f} MiB/min** "
       f"(growth {warm[-1] - warm[0]:+.1f} MiB).")
+if failed:
+    sys.exit(f"{failed} requests were not answered 200: the soak did not load what it claims")
 PYEOF
