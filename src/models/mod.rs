@@ -156,8 +156,10 @@ pub trait Vae: Send {
     /// Model-level extra parameters of the likelihood (the learned Gaussian log-variance).
     fn likelihood_log_var(&self) -> Option<&Tensor>;
     /// The cost of a batch; `labels[i] < 0` marks an unlabelled example (models without a
-    /// classifier ignore labels). `kl_weight` scales the KL term of the loss (warm-up).
-    fn objective(&self, images: &Tensor, _labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+    /// classifier ignore labels and `classifier_view`). `kl_weight` scales the KL term of the loss
+    /// (warm-up). `classifier_view`, when given, is what q(y|x) sees instead of `images` (an
+    /// augmented copy), while encoder and decoder keep the originals.
+    fn objective(&self, images: &Tensor, _classifier_view: Option<&Tensor>, _labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
         objective::unsupervised(self, images, kl_weight, train)
     }
 }

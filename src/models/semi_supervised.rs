@@ -59,19 +59,22 @@ impl Vae for SemiSupervisedVae {
         self.vae.likelihood_log_var()
     }
 
-    fn objective(&self, images: &Tensor, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
-        objective(self, images, labels, kl_weight, train)
+    fn objective(&self, images: &Tensor, classifier_view: Option<&Tensor>, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+        objective(self, images, classifier_view, labels, kl_weight, train)
     }
 }
 
 /// One training or evaluation step's objective. `labels[i] < 0` marks example i as unlabelled.
 /// Labelled and unlabelled examples go through the network together so batch norm sees one batch.
-pub fn objective(model: &dyn Vae, images: &Tensor, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+/// The classifier reads `classifier_view` when given: q(y|x̃) of an augmented x̃ is still a
+/// distribution over y, so the bound stays valid while the classifier learns invariance and the
+/// generative model keeps modelling the data as it is (so clamped labels keep their meaning).
+pub fn objective(model: &dyn Vae, images: &Tensor, classifier_view: Option<&Tensor>, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
     let config = model.config();
     let k = config.num_classes();
     let batch = images.size()[0];
     let log_k = (k as f64).ln();
-    let logits = model.classify(images, train).expect("semi-supervised models classify");
+    let logits = model.classify(classifier_view.unwrap_or(images), train).expect("semi-supervised models classify");
     let log_probs = logits.log_softmax(1, Kind::Float);
     let posterior = model.encode(images, train);
     let z = posterior.sample();

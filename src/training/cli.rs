@@ -91,6 +91,10 @@ pub struct TrainArgs {
     /// Semi-supervised: weight α of the labelled cross-entropy.
     #[arg(long, default_value_t = 10.0)]
     pub classifier_weight: f64,
+    /// Semi-supervised: random whole-pixel shifts, up to this many pixels per axis, of what the
+    /// classifier sees while training (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub augment_shift: i64,
     /// Skip the fixed-point recomputation of BN statistics after training.
     #[arg(long)]
     pub no_bn_recompute: bool,
@@ -150,6 +154,7 @@ impl TrainArgs {
             kl_warmup_epochs: self.kl_warmup_epochs,
             labeled: self.labeled,
             labeled_batch_size: self.labeled_batch_size,
+            augment_shift: self.augment_shift,
             bn_recompute: !self.no_bn_recompute,
             seed: self.seed,
         })

@@ -29,7 +29,7 @@ pub fn evaluate(model: &dyn Vae, data: &Dataset, batch_size: usize, iwae_samples
             let len = batch_size.min(n - start) as i64;
             let images = data.images.narrow(0, start as i64, len);
             let unlabelled = Tensor::full([len], -1, (Kind::Int64, images.device()));
-            elbo_sum += model.objective(&images, &unlabelled, 1.0, false).negative_elbo.double_value(&[]) * len as f64;
+            elbo_sum += model.objective(&images, None, &unlabelled, 1.0, false).negative_elbo.double_value(&[]) * len as f64;
             if iwae_samples > 0 {
                 iwae_sum -= importance_weighted_log_likelihood(model, &images, iwae_samples).sum(Kind::Double).double_value(&[]);
             }

@@ -1,6 +1,7 @@
 //! The training engine: epoch loop, schedules, KL warm-up, validation, checkpoints and resume,
 //! cancellation and progress reporting. Used by the CLI and by the job queue.
 
+pub mod augment;
 pub mod cli;
 pub mod eval;
 pub mod optim;
@@ -76,6 +77,10 @@ pub struct TrainOptions {
     pub labeled: usize,
     /// Semi-supervised: labelled examples appended to every unlabelled batch.
     pub labeled_batch_size: usize,
+    /// Semi-supervised: the classifier sees each training image moved by a random whole-pixel
+    /// offset up to this many pixels per axis (0: off); encoder and decoder see the originals.
+    /// Translation invariance is what a classifier trained on few labels lacks most.
+    pub augment_shift: i64,
     /// Recompute exact BN population statistics over the training set after training.
     pub bn_recompute: bool,
     pub seed: u64,
@@ -92,6 +97,7 @@ impl Default for TrainOptions {
             kl_warmup_epochs: 0.0,
             labeled: 100,
             labeled_batch_size: 100,
+            augment_shift: 0,
             bn_recompute: true,
             seed: 0,
         }
@@ -108,6 +114,12 @@ impl TrainOptions {
         }
         if !(2..=8192).contains(&self.batch_size) {
             return invalid(format!("batch_size = {} must be in 2..=8192 (batch norm needs at least 2)", self.batch_size));
+        }
+        if !(0..=8).contains(&self.augment_shift) {
+            return invalid(format!("augment_shift = {} must be in 0..=8 pixels", self.augment_shift));
+        }
+        if self.augment_shift > 0 && self.model.architecture != Architecture::SemiSupervised {
+            return invalid("augment_shift shifts what the classifier sees: only semi-supervised models have one".into());
         }
         if !(self.kl_warmup_epochs >= 0.0) {
             return invalid("kl_warmup_epochs must be ≥ 0".into());
@@ -377,7 +389,8 @@ pub fn train(
                 images = Tensor::cat(&[images, labeled.images.index_select(0, &pick)], 0);
                 labels = Tensor::cat(&[labels, labeled.labels.index_select(0, &pick)], 0);
             }
-            let objective = model.model.objective(&images, &labels, kl_weight, true);
+            let shifted = (options.augment_shift > 0).then(|| augment::random_shift(&images, options.augment_shift));
+            let objective = model.model.objective(&images, shifted.as_ref(), &labels, kl_weight, true);
             optimizer.zero_grad();
             objective.loss.backward();
             optimizer.step(learning_rate);
@@ -429,7 +442,7 @@ pub fn recompute_batch_norm(model: &LoadedModel, train_set: &Dataset, batch_size
     model.bn.recompute(batches, |k| {
         let images = train_set.images.narrow(0, (k * batch_size) as i64, batch_size as i64);
         let unlabelled = Tensor::full([batch_size as i64], -1, (Kind::Int64, images.device()));
-        let _ = model.model.objective(&images, &unlabelled, 1.0, true);
+        let _ = model.model.objective(&images, None, &unlabelled, 1.0, true);
     });
 }
 
@@ -485,4 +498,47 @@ fn restore_checkpoint(dir: &Path, options: &TrainOptions, model: &LoadedModel, o
     let saved_optimizer: BTreeMap<String, Tensor> = Tensor::read_safetensors(dir.join(CHECKPOINT_OPTIMIZER))?.into_iter().collect();
     optimizer.load_state(&saved_optimizer).map_err(|e| checkpoint_error(dir, e))?;
     Ok(Some(state))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn semi_supervised() -> TrainOptions {
+        let mut options = TrainOptions::default();
+        options.model.architecture = Architecture::SemiSupervised;
+        options.model.hidden = vec![32];
+        options.model.latent_dim = 4;
+        options
+    }
+
+    #[test]
+    fn classifier_augmentation_is_checked_and_only_for_classifiers() {
+        let mut options = semi_supervised();
+        options.augment_shift = 2;
+        assert!(options.validate().is_ok());
+        options.augment_shift = 9;
+        assert!(options.validate().unwrap_err().to_string().contains("augment_shift"));
+        let mut mlp = TrainOptions { augment_shift: 2, ..TrainOptions::default() };
+        assert!(mlp.validate().unwrap_err().to_string().contains("only semi-supervised"));
+        mlp.augment_shift = 0;
+        assert!(mlp.validate().is_ok());
+    }
+
+    #[test]
+    fn the_classifier_reads_its_own_view_and_the_generative_terms_do_not() {
+        let loaded = models::build(&semi_supervised().model, tch::Device::Cpu).unwrap();
+        let images = Tensor::rand([8, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 3, -1, -1, -1, -1]);
+        let other_view = crate::training::augment::random_shift(&images, 3);
+        let run = |view: Option<&Tensor>| {
+            tch::manual_seed(7);
+            let o = tch::no_grad(|| loaded.model.objective(&images, view, &labels, 1.0, false));
+            (o.kl.double_value(&[]), o.classification.unwrap().double_value(&[]))
+        };
+        let (plain, same, shifted) = (run(None), run(Some(&images)), run(Some(&other_view)));
+        assert_eq!(plain, same, "a view equal to the images changes nothing");
+        assert_eq!(plain.0, shifted.0, "the encoder (KL) does not see the classifier's view");
+        assert_ne!(plain.1, shifted.1, "the classifier does");
+    }
 }
