@@ -21,9 +21,9 @@ dirty=$(git diff --quiet HEAD -- src bench || echo " plus uncommitted changes")
   echo
   bench/train_compare.sh 2
   echo
-  echo "### Serving: batched, unbatched, and a FastAPI + PyTorch peer (3 s per run)"
+  echo "### Serving: batched, unbatched, and a FastAPI + PyTorch peer (5 s per run)"
   echo
-  bench/serve_compare.sh 3
+  bench/serve_compare.sh 5
   echo
   echo "### Memory under $SOAK_MINUTES minutes of mixed load"
   echo
