@@ -1,6 +1,7 @@
 //! Datasets: where they are found, how they are read, and how they are split and shuffled.
 //! Images are float tensors `[N, C, H, W]` with intensities in [0, 1]; labels are `i64 [N]`.
 
+pub mod download;
 pub mod idx;
 pub mod image_folder;
 
@@ -20,8 +21,10 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {why}")]
     Format { path: PathBuf, why: String },
-    #[error("dataset `{name}` not found; looked in: {tried}. Downloading is not possible on this machine (offline); put the files in one of these places or pass a path")]
+    #[error("dataset `{name}` not found; looked in: {tried}. Put the files in one of these places or pass a path (mnist and fashion-mnist are downloaded when missing)")]
     NotFound { name: String, tried: String },
+    #[error("dataset `{name}` not found; looked in: {tried}. Downloading it from its canonical mirror failed (offline?): {source}")]
+    Download { name: String, tried: String, source: download::DownloadError },
     #[error("{0}")]
     Invalid(String),
 }
@@ -59,6 +62,19 @@ pub fn resolve(spec: &str, data_dir: &Path) -> Result<DatasetSource, DataError> 
     }
     let tried = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     Err(DataError::NotFound { name: spec.to_string(), tried })
+}
+
+/// `resolve`, and when that finds nothing for a dataset with a canonical mirror (mnist,
+/// fashion-mnist), a verified download into `data_dir/<name>`.
+pub fn resolve_or_download(spec: &str, data_dir: &Path) -> Result<DatasetSource, DataError> {
+    match (resolve(spec, data_dir), download::canonical(spec)) {
+        (Err(DataError::NotFound { name, tried }), Some(mirror)) => {
+            tracing::info!(dataset = %name, mirror = %mirror.base_url, "dataset not found locally: downloading it");
+            download::download(&mirror, &data_dir.join(spec)).map_err(|source| DataError::Download { name, tried, source })?;
+            resolve(spec, data_dir)
+        }
+        (found, _) => found,
+    }
 }
 
 /// A dataset that `resolve` would find by name alone.
@@ -289,7 +305,9 @@ mod tests {
     #[test]
     fn unknown_dataset_names_every_place_tried() {
         let err = resolve("no-such-set", Path::new("/tmp/nowhere")).unwrap_err().to_string();
-        assert!(err.contains("/tmp/nowhere/no-such-set") && err.contains("/usr/share/datasets/no-such-set") && err.contains("offline"), "{err}");
+        assert!(err.contains("/tmp/nowhere/no-such-set") && err.contains("/usr/share/datasets/no-such-set") && err.contains("pass a path"), "{err}");
+        // No mirror for unknown names: resolve_or_download gives the same answer without a download.
+        assert_eq!(resolve_or_download("no-such-set", Path::new("/tmp/nowhere")).unwrap_err().to_string(), err);
     }
 
     #[test]

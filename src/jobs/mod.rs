@@ -91,8 +91,11 @@ impl JobQueue {
         if let Err(e) = crate::models::artifact::validate_name(&request.name) {
             return invalid("name", e.to_string());
         }
+        // A missing dataset with a canonical mirror is fetched by the job itself, not in this request.
         if let Err(e) = crate::data::resolve(&request.dataset, &config.data_dir) {
-            return invalid("dataset", e.to_string());
+            if crate::data::download::canonical(&request.dataset).is_none() {
+                return invalid("dataset", e.to_string());
+            }
         }
         if let Err(e) = request.options.validate() {
             return invalid("options", e.to_string());

@@ -227,7 +227,7 @@ pub struct EvalArgs {
 pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) -> anyhow::Result<()> {
     let (manifest, loaded) = artifact::load(&args.model, runtime.device)?;
     let dataset = args.dataset.clone().unwrap_or_else(|| manifest.dataset.clone());
-    let source = data::resolve(&dataset, &global.data_dir)?;
+    let source = data::resolve_or_download(&dataset, &global.data_dir)?;
     let options = DataOptions { image_shape: Some(manifest.config.image.clone()), validation_fraction: 0.0, ..Default::default() };
     let splits = data::load(&source, &options)?;
     let test = splits.test.first(args.limit.unwrap_or(usize::MAX)).to_device(runtime.device);

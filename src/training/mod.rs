@@ -283,7 +283,7 @@ pub fn train_and_publish(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Published, TrainError> {
     artifact::validate_name(&request.name)?;
-    let source = crate::data::resolve(&request.dataset, places.data_dir)?;
+    let source = crate::data::resolve_or_download(&request.dataset, places.data_dir)?;
     let data_options = crate::data::DataOptions {
         validation_fraction: request.data.validation_fraction,
         seed: request.options.seed,
