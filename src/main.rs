@@ -13,7 +13,10 @@ fn main() -> anyhow::Result<()> {
             print!("{}", api::openapi_json());
             Ok(())
         }
-        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::serve(cli.global, args)),
+        Command::Serve(args) => {
+            vae_serve::runtime::limit_malloc_arenas();
+            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::serve(cli.global, args))
+        }
         Command::Train(args) => {
             let runtime = init_torch(&cli.global)?;
             train_cli::run_train(&cli.global, &runtime, &args)
