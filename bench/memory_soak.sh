@@ -19,15 +19,7 @@ CSV=bench/out/memory-soak.csv
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 command -v oha >/dev/null || cargo install oha --locked >&2
 
-"$PY" - "$OUT/digit.png" <<'PYEOF'
-import gzip, sys, zlib, struct
-data = gzip.open("../shared/data/mnist/t10k-images-idx3-ubyte.gz").read()[16:16 + 784]
-# A minimal greyscale PNG, so the script needs nothing beyond the standard library.
-raw = b"".join(b"\0" + data[r * 28:(r + 1) * 28] for r in range(28))
-chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
-open(sys.argv[1], "wb").write(png)
-PYEOF
+"$PY" bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
 RUST_LOG=warn "$BIN" serve --addr 127.0.0.1:18280 --models-dir models --database "$OUT/soak.db" --default-model mnist-ssvae 2>"$OUT/serve.log" &
 pid=$!

@@ -19,12 +19,7 @@ command -v oha >/dev/null || cargo install oha --locked >&2
 "$PY" -c 'import fastapi, uvicorn, safetensors, PIL' 2>/dev/null || "$PY" -m pip install --quiet fastapi uvicorn safetensors pillow >&2
 
 # One MNIST test digit as a PNG request body.
-"$PY" - "$OUT/digit.png" <<'PYEOF'
-import gzip, sys
-from PIL import Image
-data = gzip.open("../shared/data/mnist/t10k-images-idx3-ubyte.gz").read()
-Image.frombytes("L", (28, 28), data[16:16 + 784]).save(sys.argv[1])
-PYEOF
+"$PY" bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
 wait_up() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }

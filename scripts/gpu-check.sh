@@ -58,13 +58,7 @@ if [ ! -x "$OHA" ]; then echo "(no oha: serving benchmark skipped)"; exit 0; fi
 VAE_MAX_BATCH_SIZE=64 VAE_MAX_BATCH_DELAY_MS=2 RUST_LOG=warn "$BIN" serve --device "$DEVICE" --addr 127.0.0.1:18380 \
   --models-dir models --database "$OUT/serve.db" --default-model mnist-ssvae 2> "$OUT/serve.log" &
 for _ in $(seq 300); do curl -fs http://127.0.0.1:18380/readyz >/dev/null 2>&1 && break; sleep 0.1; done
-"$PY" - "$OUT/digit.png" "$DATA/mnist" <<'PYEOF'
-import gzip, struct, sys, zlib
-data = gzip.open(f"{sys.argv[2]}/t10k-images-idx3-ubyte.gz").read()[16:16 + 784]
-raw = b"".join(b"\0" + data[r * 28:(r + 1) * 28] for r in range(28))
-chunk = lambda kind, body: struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-open(sys.argv[1], "wb").write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 28, 28, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-PYEOF
+"$PY" bench/digit_png.py "$DATA/mnist" "$OUT/digit.png"
 echo "| endpoint | concurrency | requests/s | p50 ms | p99 ms | 200s / all |"
 echo "|---|---|---|---|---|---|"
 for c in 1 64; do
