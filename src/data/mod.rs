@@ -52,16 +52,33 @@ impl DatasetSource {
 /// Finds a dataset: an explicit path, then `$VAE_DATA_DIR/<name>`, then `/usr/share/datasets/<name>`.
 pub fn resolve(spec: &str, data_dir: &Path) -> Result<DatasetSource, DataError> {
     let candidates = [PathBuf::from(spec), data_dir.join(spec), Path::new(SYSTEM_DATASETS).join(spec)];
-    for dir in candidates.iter().filter(|p| p.is_dir()) {
-        if idx::locate(dir, "train-images-idx3-ubyte").is_some() {
-            return Ok(DatasetSource::Idx(dir.clone()));
-        }
-        if image_folder::looks_like_image_folder(dir) {
-            return Ok(DatasetSource::ImageFolder(dir.clone()));
-        }
+    if let Some(source) = candidates.iter().find_map(|dir| detect(dir)) {
+        return Ok(source);
     }
     let tried = candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
     Err(DataError::NotFound { name: spec.to_string(), tried })
+}
+
+/// What a directory holds, if it is a dataset.
+fn detect(dir: &Path) -> Option<DatasetSource> {
+    if !dir.is_dir() {
+        None
+    } else if idx::locate(dir, "train-images-idx3-ubyte").is_some() {
+        Some(DatasetSource::Idx(dir.to_path_buf()))
+    } else if image_folder::looks_like_image_folder(dir) {
+        Some(DatasetSource::ImageFolder(dir.to_path_buf()))
+    } else {
+        None
+    }
+}
+
+/// Checks that `resolve_or_download` has something to work with: the dataset is found, or it is
+/// missing but has a canonical mirror (the download then happens where training runs).
+pub fn check_obtainable(spec: &str, data_dir: &Path) -> Result<(), DataError> {
+    match resolve(spec, data_dir) {
+        Err(DataError::NotFound { .. }) if download::canonical(spec).is_some() => Ok(()),
+        found => found.map(|_| ()),
+    }
 }
 
 /// `resolve`, and when that finds nothing for a dataset with a canonical mirror (mnist,
@@ -98,12 +115,13 @@ pub fn catalog(data_dir: &Path) -> Vec<CatalogEntry> {
             if entries.iter().any(|e| e.name == name) {
                 continue;
             }
-            let format = match resolve(&name, data_dir) {
-                Ok(DatasetSource::Idx(_)) => "idx",
-                Ok(DatasetSource::ImageFolder(_)) => "image-folder",
-                Err(_) => continue,
+            let dir = root.join(&name);
+            let format = match detect(&dir) {
+                Some(DatasetSource::Idx(_)) => "idx",
+                Some(DatasetSource::ImageFolder(_)) => "image-folder",
+                None => continue,
             };
-            entries.push(CatalogEntry { path: root.join(&name).display().to_string(), format: format.into(), name });
+            entries.push(CatalogEntry { path: dir.display().to_string(), format: format.into(), name });
         }
     }
     entries
@@ -308,6 +326,9 @@ mod tests {
         assert!(err.contains("/tmp/nowhere/no-such-set") && err.contains("/usr/share/datasets/no-such-set") && err.contains("pass a path"), "{err}");
         // No mirror for unknown names: resolve_or_download gives the same answer without a download.
         assert_eq!(resolve_or_download("no-such-set", Path::new("/tmp/nowhere")).unwrap_err().to_string(), err);
+        assert_eq!(check_obtainable("no-such-set", Path::new("/tmp/nowhere")).unwrap_err().to_string(), err);
+        // A missing dataset with a mirror is obtainable (checked without downloading).
+        assert!(check_obtainable("fashion-mnist", Path::new("/tmp/nowhere")).is_ok());
     }
 
     #[test]

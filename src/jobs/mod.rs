@@ -92,10 +92,8 @@ impl JobQueue {
             return invalid("name", e.to_string());
         }
         // A missing dataset with a canonical mirror is fetched by the job itself, not in this request.
-        if let Err(e) = crate::data::resolve(&request.dataset, &config.data_dir) {
-            if crate::data::download::canonical(&request.dataset).is_none() {
-                return invalid("dataset", e.to_string());
-            }
+        if let Err(e) = crate::data::check_obtainable(&request.dataset, &config.data_dir) {
+            return invalid("dataset", e.to_string());
         }
         if let Err(e) = request.options.validate() {
             return invalid("options", e.to_string());
