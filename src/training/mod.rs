@@ -389,8 +389,9 @@ pub fn train(
                 images = Tensor::cat(&[images, labeled.images.index_select(0, &pick)], 0);
                 labels = Tensor::cat(&[labels, labeled.labels.index_select(0, &pick)], 0);
             }
-            let shifted = (options.augment_shift > 0).then(|| augment::random_shift(&images, options.augment_shift));
-            let objective = model.model.objective(&images, shifted.as_ref(), &labels, kl_weight, true);
+            // With augment_shift 0 the view is the batch itself.
+            let classifier_view = augment::random_shift(&images, options.augment_shift);
+            let objective = model.model.objective(&images, Some(&classifier_view), &labels, kl_weight, true);
             optimizer.zero_grad();
             objective.loss.backward();
             optimizer.step(learning_rate);
