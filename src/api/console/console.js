@@ -6,10 +6,8 @@ const KEY_STORAGE = "vae-serve-api-key";
 const ACTIVE_STATES = new Set(["queued", "running"]);
 
 const state = {
-  models: [],          // GET /v1/models
   model: null,         // { name, version, manifest }
   sampleLabel: null,   // index, or null for unconditioned samples
-  jobs: [],
   watched: null,       // { id, epochs, history, controller }
   jobsTimer: null,
   drawing: { busy: false, dirty: false },
@@ -76,8 +74,16 @@ function loadImage(img, src) {
   });
 }
 
+/// An element with attributes (`text` sets its text) and children; `svg` makes SVG elements.
 function el(tag, attributes = {}, ...children) {
-  const node = document.createElement(tag);
+  return fill(document.createElement(tag), attributes, children);
+}
+
+function svg(tag, attributes = {}, ...children) {
+  return fill(document.createElementNS("http://www.w3.org/2000/svg", tag), attributes, children);
+}
+
+function fill(node, attributes, children) {
   for (const [name, value] of Object.entries(attributes)) {
     if (name === "text") node.textContent = value;
     else node.setAttribute(name, value);
@@ -94,15 +100,16 @@ function modelBase() {
 const labelNames = () => state.model?.manifest.config.label_names ?? [];
 const hasClassifier = () => state.model?.manifest.config.architecture === "semi-supervised";
 const format = (x, digits = 2) => (x == null ? "–" : Number(x).toFixed(digits));
+const percent = (fraction) => (fraction == null ? "–" : `${(100 * fraction).toFixed(1)}%`);
 
 // ---------- Models ----------
 
 async function loadModels() {
-  state.models = await getJson("/v1/models");
+  const models = await getJson("/v1/models");
   const select = $("model");
   const previous = select.value;
   select.replaceChildren();
-  for (const entry of state.models) {
+  for (const entry of models) {
     const latest = Math.max(...entry.versions.map((v) => v.version));
     for (const version of [...entry.versions].sort((a, b) => b.version - a.version)) {
       const isDefault = entry.default && version.version === latest;
@@ -146,7 +153,7 @@ function renderDetails(manifest) {
     ["Created", new Date(manifest.created_at).toLocaleString()],
   ];
   for (const [key, value] of Object.entries(metrics)) {
-    const shown = key.includes("accuracy") ? `${(100 * value).toFixed(1)}%` : format(value);
+    const shown = key.includes("accuracy") ? percent(value) : format(value);
     rows.push([key.replaceAll("_", " "), shown]);
   }
   $("model-details").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
@@ -333,7 +340,7 @@ async function analyse(imageBlob) {
 
 function renderProbabilities(classification) {
   const prediction = $("prediction");
-  prediction.textContent = `Looks like ${classification.name} (${(100 * classification.probability).toFixed(1)}%)`;
+  prediction.textContent = `Looks like ${classification.name} (${percent(classification.probability)})`;
   prediction.dataset.label = String(classification.label);
   const rows = labelNames().map((name, index) => {
     const p = classification.probabilities[name] ?? 0;
@@ -341,7 +348,7 @@ function renderProbabilities(classification) {
     const row = el("li", { "data-label": String(index) },
       el("span", { class: "name", text: name }),
       el("div", { class: "track", role: "meter", "aria-valuemin": "0", "aria-valuemax": "1", "aria-valuenow": p.toFixed(3), "aria-label": `probability of ${name}` }, fill),
-      el("span", { class: "value", text: `${(100 * p).toFixed(1)}%` }));
+      el("span", { class: "value", text: percent(p) }));
     if (index === classification.label) row.classList.add("top");
     return row;
   });
@@ -401,8 +408,8 @@ async function submitTraining(event) {
 }
 
 async function refreshJobs() {
-  state.jobs = await getJson("/v1/jobs?limit=20");
-  const rows = state.jobs.map((job) => {
+  const jobs = await getJson("/v1/jobs?limit=20");
+  const rows = jobs.map((job) => {
     const request = job.request || {};
     const progress = job.progress ? `epoch ${job.progress.epoch}/${job.progress.epochs}` : job.model_version ? `v${job.model_version}` : "–";
     const actions = el("td");
@@ -428,7 +435,7 @@ async function refreshJobs() {
   });
   $("jobs").tBodies[0].replaceChildren(...rows);
   clearTimeout(state.jobsTimer);
-  if (state.jobs.some((job) => ACTIVE_STATES.has(job.state))) state.jobsTimer = setTimeout(guarded(refreshJobs), 3000);
+  if (jobs.some((job) => ACTIVE_STATES.has(job.state))) state.jobsTimer = setTimeout(guarded(refreshJobs), 3000);
 }
 
 /// Follows a job's Server-Sent Events. fetch (not EventSource) so that the API key can be sent.
@@ -510,9 +517,9 @@ const SERIES = [
 
 /// Loss and −ELBO share the left axis (nats); accuracy has its own on the right (0–1).
 function renderChart(watched) {
-  const svg = $("chart");
+  const chart = $("chart");
   const history = watched.history;
-  svg.dataset.epochs = String(history.length);
+  chart.dataset.epochs = String(history.length);
   const [width, height, margin] = [480, 240, { left: 46, right: 40, top: 12, bottom: 26 }];
   const x = (epoch) => margin.left + ((epoch - 1) / Math.max(1, Math.max(watched.epochs, history.length) - 1)) * (width - margin.left - margin.right);
   const nats = history.flatMap((m) => [m.loss, m.validation_negative_elbo]).filter((v) => v != null);
@@ -520,38 +527,31 @@ function renderChart(watched) {
   const pad = (high - low) * 0.1 || 1;
   const yNats = (v) => margin.top + (1 - (v - (low - pad)) / (high - low + 2 * pad)) * (height - margin.top - margin.bottom);
   const yFraction = (v) => margin.top + (1 - v) * (height - margin.top - margin.bottom);
-  const ns = "http://www.w3.org/2000/svg";
-  const node = (tag, attributes, text) => {
-    const n = document.createElementNS(ns, tag);
-    for (const [k, v] of Object.entries(attributes)) n.setAttribute(k, v);
-    if (text != null) n.textContent = text;
-    return n;
-  };
   const parts = [
-    node("line", { x1: margin.left, y1: height - margin.bottom, x2: width - margin.right, y2: height - margin.bottom, stroke: "#999" }),
-    node("line", { x1: margin.left, y1: margin.top, x2: margin.left, y2: height - margin.bottom, stroke: "#999" }),
-    node("text", { x: width / 2, y: height - 6, "text-anchor": "middle" }, "epoch"),
+    svg("line", { x1: margin.left, y1: height - margin.bottom, x2: width - margin.right, y2: height - margin.bottom, stroke: "#999" }),
+    svg("line", { x1: margin.left, y1: margin.top, x2: margin.left, y2: height - margin.bottom, stroke: "#999" }),
+    svg("text", { x: width / 2, y: height - 6, "text-anchor": "middle" }, "epoch"),
   ];
   if (nats.length) {
-    parts.push(node("text", { x: 4, y: yNats(high) + 4 }, high.toFixed(1)), node("text", { x: 4, y: yNats(low) + 4 }, low.toFixed(1)));
+    parts.push(svg("text", { x: 4, y: yNats(high) + 4 }, high.toFixed(1)), svg("text", { x: 4, y: yNats(low) + 4 }, low.toFixed(1)));
   }
   const drawn = [];
   for (const series of SERIES) {
     const points = history.filter((m) => m[series.key] != null).map((m) => [x(m.epoch), (series.axis === "nats" ? yNats : yFraction)(m[series.key])]);
     if (!points.length) continue;
     drawn.push(series);
-    if (series.axis === "fraction") parts.push(node("text", { x: width - margin.right + 4, y: yFraction(1) + 4 }, "100%"), node("text", { x: width - margin.right + 4, y: yFraction(0) + 4 }, "0%"));
-    parts.push(node("polyline", { points: points.map((p) => p.join(",")).join(" "), fill: "none", stroke: series.color, "stroke-width": 2 }));
-    for (const [px, py] of points) parts.push(node("circle", { cx: px, cy: py, r: 3, fill: series.color, class: `point ${series.key}` }));
+    if (series.axis === "fraction") parts.push(svg("text", { x: width - margin.right + 4, y: yFraction(1) + 4 }, "100%"), svg("text", { x: width - margin.right + 4, y: yFraction(0) + 4 }, "0%"));
+    parts.push(svg("polyline", { points: points.map((p) => p.join(",")).join(" "), fill: "none", stroke: series.color, "stroke-width": 2 }));
+    for (const [px, py] of points) parts.push(svg("circle", { cx: px, cy: py, r: 3, fill: series.color, class: `point ${series.key}` }));
   }
-  if (!history.length) parts.push(node("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "waiting for the first epoch…"));
-  svg.replaceChildren(...parts);
+  if (!history.length) parts.push(svg("text", { x: width / 2, y: height / 2, "text-anchor": "middle" }, "waiting for the first epoch…"));
+  chart.replaceChildren(...parts);
   $("chart-legend").replaceChildren(...drawn.map((s) => el("span", { style: `--swatch: ${s.color}`, text: s.label })));
   $("epochs").tBodies[0].replaceChildren(...history.map((m) => el("tr", {},
     el("td", { text: String(m.epoch) }),
     el("td", { text: format(m.loss) }),
     el("td", { text: format(m.validation_negative_elbo) }),
-    el("td", { text: m.validation_accuracy == null ? "–" : `${(100 * m.validation_accuracy).toFixed(1)}%` }),
+    el("td", { text: percent(m.validation_accuracy) }),
     el("td", { text: format(m.seconds, 1) }))));
 }
 
