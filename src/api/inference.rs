@@ -17,7 +17,7 @@ use super::problem::{ApiError, Problem};
 use super::uploads::{ImagesJson, Uploads};
 use super::{blocking, AppState};
 use crate::inference::input::{self, Conversion};
-use crate::inference::{Analysis, Endpoint, Generated, InferenceError, ModelInfo, ModelRef, Outcome, Task};
+use crate::inference::{Endpoint, Generated, InferenceError, ModelInfo, ModelRef, Outcome, Task, Want};
 use crate::render::{self, ImageBatch};
 
 /// Most samples (or interpolation steps) one request may ask for.
@@ -184,9 +184,7 @@ pub async fn interpolate_images(State(state): State<AppState>, Model(model): Mod
 }
 
 async fn generated_response(info: ModelInfo, outcome: Outcome, format: Format, columns: usize) -> Result<Response, ApiError> {
-    let Outcome::Generated(Generated { images, latents, label }) = outcome else {
-        return Err(ApiError::Internal("the model answered a generation with an analysis".into()));
-    };
+    let Outcome::Generated(Generated { images, latents, label }) = outcome else { return Err(unexpected(outcome)) };
     let model = model_header(&info);
     match format {
         Format::Png => {
@@ -239,21 +237,22 @@ pub struct ReconstructResponse {
 ))]
 pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Query(query): Query<ReconstructQuery>, uploads: Uploads) -> Result<Response, ApiError> {
     let info = state.models.info(&model).await?;
-    let (info, analyses, conversions) = analyse(&state, &info, uploads).await?;
+    let (info, outcome, conversions) = analyse(&state, &info, uploads, Want::Reconstruction).await?;
+    let Outcome::Reconstructed(reconstructions) = outcome else { return Err(unexpected(outcome)) };
     let shape = info.config.image.clone();
     let header = [(MODEL_HEADER, model_header(&info))];
-    let batch = ImageBatch { shape, pixels: analyses.iter().flat_map(|a| a.reconstruction.iter().copied()).collect() };
+    let batch = ImageBatch { shape, pixels: reconstructions.iter().flat_map(|r| r.pixels.iter().copied()).collect() };
     if query.format == Some(Format::Png) {
         let columns = render::square_columns(batch.count());
         let png = blocking(move || render::png_bytes(&batch.grid(columns))).await?;
         return Ok((header, [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response());
     }
     let pictures = blocking(move || (0..batch.count()).map(|i| base64_png(&batch, i)).collect::<Vec<_>>()).await?;
-    let results = analyses
+    let results = reconstructions
         .into_iter()
         .zip(conversions)
         .zip(pictures)
-        .map(|((a, conversion), reconstruction)| Reconstruction { reconstruction, reconstruction_error: a.reconstruction_error, kl: a.kl, elbo: a.elbo, conversion })
+        .map(|((r, conversion), reconstruction)| Reconstruction { reconstruction, reconstruction_error: r.reconstruction_error, kl: r.kl, elbo: r.elbo, conversion })
         .collect();
     Ok((header, Json(ReconstructResponse { model: info.id, results })).into_response())
 }
@@ -290,13 +289,13 @@ pub async fn classify(State(state): State<AppState>, Model(model): Model, upload
             info.id, info.config.architecture
         )));
     }
-    let (info, analyses, conversions) = analyse(&state, &info, uploads).await?;
+    let (info, outcome, conversions) = analyse(&state, &info, uploads, Want::Classes).await?;
+    let Outcome::Classified(classified) = outcome else { return Err(unexpected(outcome)) };
     let names = &info.config.label_names;
-    let results = analyses
+    let results = classified
         .into_iter()
         .zip(conversions)
-        .map(|(a, conversion)| {
-            let probabilities = a.probabilities.unwrap_or_default();
+        .map(|(probabilities, conversion)| {
             let (label, &probability) = probabilities.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).unwrap_or((0, &0.0));
             Classification {
                 label: label as i64,
@@ -332,18 +331,28 @@ pub struct EncodeResponse {
 ))]
 pub async fn encode(State(state): State<AppState>, Model(model): Model, uploads: Uploads) -> Result<Response, ApiError> {
     let info = state.models.info(&model).await?;
-    let (info, analyses, conversions) = analyse(&state, &info, uploads).await?;
-    let results = analyses.into_iter().zip(conversions).map(|(a, conversion)| Encoding { mean: a.mean, log_var: a.log_var, conversion }).collect();
+    let (info, outcome, conversions) = analyse(&state, &info, uploads, Want::Code).await?;
+    let Outcome::Encoded(codes) = outcome else { return Err(unexpected(outcome)) };
+    let results = codes.into_iter().zip(conversions).map(|(code, conversion)| Encoding { mean: code.mean, log_var: code.log_var, conversion }).collect();
     Ok(([(MODEL_HEADER, model_header(&info))], Json(EncodeResponse { model: info.id, results })).into_response())
 }
 
 /// Decodes uploads to the shape of the model `info` describes and runs them on that very version.
-async fn analyse(state: &AppState, info: &ModelInfo, uploads: Uploads) -> Result<(ModelInfo, Vec<Analysis>, Vec<Conversion>), ApiError> {
+async fn analyse(state: &AppState, info: &ModelInfo, uploads: Uploads, want: Want) -> Result<(ModelInfo, Outcome, Vec<Conversion>), ApiError> {
     let (images, conversions) = decode_uploads(info, uploads).await?;
-    match state.models.run(&info.pinned(), Task::Analyse { images }).await? {
-        (info, Outcome::Analysed(analyses)) => Ok((info, analyses, conversions)),
-        _ => Err(ApiError::Internal("the model answered an analysis with generated images".into())),
-    }
+    let (info, outcome) = state.models.run(&info.pinned(), Task::Analyse { images, want }).await?;
+    Ok((info, outcome, conversions))
+}
+
+/// The model host answered with another kind of result than the task asked for: a bug.
+fn unexpected(outcome: Outcome) -> ApiError {
+    let kind = match outcome {
+        Outcome::Generated(_) => "generated images",
+        Outcome::Classified(_) => "class probabilities",
+        Outcome::Encoded(_) => "codes",
+        Outcome::Reconstructed(_) => "reconstructions",
+    };
+    ApiError::Internal(format!("the model answered with {kind}, not what the request asked for"))
 }
 
 /// Decodes and converts uploads to the model's shape on the blocking pool.

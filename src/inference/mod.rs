@@ -11,10 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tch::Device;
 use tokio::sync::{oneshot, watch};
-use utoipa::ToSchema;
 
 use crate::models::{artifact, ModelConfig, ModelError};
 use crate::render::ImageBatch;
@@ -87,8 +85,20 @@ pub enum Endpoint {
 pub enum Task {
     Sample { n: usize, label: Option<String>, temperature: f64, seed: u64 },
     Interpolate { from: Endpoint, to: Endpoint, steps: usize, seed: u64 },
-    /// Images in the model's shape, C×H×W each.
-    Analyse { images: Vec<Vec<f32>> },
+    /// Images in the model's shape, C×H×W each, and what the caller wants to know about them.
+    Analyse { images: Vec<Vec<f32>>, want: Want },
+}
+
+/// What an analysis of uploaded images produces. The worker runs only the parts of the model
+/// that some request in the batch needs: classifying never runs the decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Class probabilities q(y|x): the classifier alone.
+    Classes,
+    /// The posterior q(z|x): the encoder alone.
+    Code,
+    /// Reconstruction at the posterior mean and its ELBO terms: the whole model.
+    Reconstruction,
 }
 
 impl Task {
@@ -97,7 +107,7 @@ impl Task {
         match self {
             Task::Sample { n, .. } => *n,
             Task::Interpolate { steps, .. } => *steps,
-            Task::Analyse { images } => images.len(),
+            Task::Analyse { images, .. } => images.len(),
         }
     }
 }
@@ -110,29 +120,34 @@ pub struct Generated {
     pub label: Option<i64>,
 }
 
-/// Everything the model says about one input image.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct Analysis {
-    /// Posterior mean of the code.
+/// The posterior q(z|x) of one image.
+#[derive(Debug, Clone)]
+pub struct Code {
     pub mean: Vec<f32>,
-    /// Posterior log-variance of the code.
     pub log_var: Vec<f32>,
-    /// Class probabilities q(y|x), for models with a classifier.
-    pub probabilities: Option<Vec<f32>>,
+}
+
+/// One image sent through encoder and decoder.
+#[derive(Debug, Clone)]
+pub struct Reconstructed {
+    /// Decoded from the posterior mean, C×H×W intensities.
+    pub pixels: Vec<f32>,
     /// −log p(x | z = mean), nats.
     pub reconstruction_error: f64,
     /// KL(q(z|x) ‖ p(z)), nats.
     pub kl: f64,
     /// −(reconstruction_error + kl): the ELBO evaluated at the posterior mean, deterministic.
     pub elbo: f64,
-    #[serde(skip)]
-    pub reconstruction: Vec<f32>,
 }
 
+/// A task's answer; an `Analyse` task gets the variant its `Want` names.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Generated(Generated),
-    Analysed(Vec<Analysis>),
+    /// Class probabilities q(y|x), one row per image.
+    Classified(Vec<Vec<f32>>),
+    Encoded(Vec<Code>),
+    Reconstructed(Vec<Reconstructed>),
 }
 
 struct Job {

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tokio::sync::watch;
 
-use super::{Analysis, BatchingConfig, Endpoint, Generated, InferenceError, Job, ModelInfo, Outcome, Task, WorkerState};
+use super::{BatchingConfig, Code, Endpoint, Generated, InferenceError, Job, ModelInfo, Outcome, Reconstructed, Task, Want, WorkerState};
 use crate::models::objective::{kl_to_standard_normal, negative_log_likelihood};
 use crate::models::{self, artifact, Architecture, LoadedModel};
 use crate::telemetry::Metrics;
@@ -101,19 +101,26 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
     let shape = model.model.config().image.clone();
     let mut results: Vec<Option<Result<Outcome, InferenceError>>> = tasks.iter().map(|_| None).collect();
 
-    // One encoder pass for every uploaded image of the batch.
+    // One pass for every uploaded image of the batch, through the parts some request needs.
     let analysed: Vec<usize> = (0..tasks.len()).filter(|&i| matches!(tasks[i], Task::Analyse { .. })).collect();
     if !analysed.is_empty() {
-        let pixels: Vec<f32> = analysed.iter().flat_map(|&i| match tasks[i] {
-            Task::Analyse { images } => images.iter().flatten().copied().collect::<Vec<_>>(),
-            _ => unreachable!("filtered above"),
-        }).collect();
+        let mut wanted = Vec::new();
+        let pixels: Vec<f32> = analysed
+            .iter()
+            .flat_map(|&i| match tasks[i] {
+                Task::Analyse { images, want } => {
+                    wanted.push(*want);
+                    images.iter().flatten().copied().collect::<Vec<_>>()
+                }
+                _ => unreachable!("filtered above"),
+            })
+            .collect();
         let [c, h, w] = shape.dims();
         let x = Tensor::from_slice(&pixels).view([-1, c, h, w]).to_device(device);
-        let mut analyses = analyse(model, &x).into_iter();
+        let mut analyses = Analyses::compute(model, &x, &wanted);
         for &i in &analysed {
-            let Task::Analyse { images } = tasks[i] else { unreachable!("filtered above") };
-            results[i] = Some(Ok(Outcome::Analysed(analyses.by_ref().take(images.len()).collect())));
+            let Task::Analyse { images, want } = tasks[i] else { unreachable!("filtered above") };
+            results[i] = Some(analyses.next_outcome(*want, images.len(), model));
         }
     }
 
@@ -154,32 +161,54 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
     results.into_iter().map(|r| r.expect("every task produced a result")).collect()
 }
 
-fn analyse(model: &LoadedModel, x: &Tensor) -> Vec<Analysis> {
-    let vae = &*model.model;
-    let config = vae.config();
-    let posterior = vae.encode(x, false);
-    let probabilities = vae.classify(x, false).map(|logits| logits.softmax(1, Kind::Float));
-    // Semi-supervised decoders see the predicted class distribution in place of a label.
-    let params = vae.decode(&posterior.mean, probabilities.as_ref(), false);
-    let nll = negative_log_likelihood(config.likelihood, &params, x, vae.likelihood_log_var());
-    let kl = kl_to_standard_normal(&posterior);
-    let cpu = |t: &Tensor| t.to_device(Device::Cpu);
-    let rows = |t: &Tensor| Vec::<Vec<f32>>::try_from(cpu(t).flatten(1, -1)).expect("float rows");
-    let (means, log_vars, reconstructions) = (rows(&posterior.mean), rows(&posterior.log_var), rows(&models::intensities(config, &params)));
-    let probabilities = probabilities.map(|p| rows(&p));
-    let nll = Vec::<f64>::try_from(cpu(&nll).to_kind(Kind::Double)).expect("doubles");
-    let kl = Vec::<f64>::try_from(cpu(&kl).to_kind(Kind::Double)).expect("doubles");
-    (0..means.len())
-        .map(|i| Analysis {
-            mean: means[i].clone(),
-            log_var: log_vars[i].clone(),
-            probabilities: probabilities.as_ref().map(|p| p[i].clone()),
-            reconstruction_error: nll[i],
-            kl: kl[i],
-            elbo: -(nll[i] + kl[i]),
-            reconstruction: reconstructions[i].clone(),
+/// Row-wise results of one analysis pass; absent parts were not needed by any request.
+struct Analyses {
+    probabilities: Option<std::vec::IntoIter<Vec<f32>>>,
+    codes: Option<std::vec::IntoIter<Code>>,
+    reconstructions: Option<std::vec::IntoIter<Reconstructed>>,
+}
+
+impl Analyses {
+    fn compute(model: &LoadedModel, x: &Tensor, wanted: &[Want]) -> Self {
+        let vae = &*model.model;
+        let config = vae.config();
+        let reconstruct = wanted.contains(&Want::Reconstruction);
+        let rows = |t: &Tensor| Vec::<Vec<f32>>::try_from(t.to_device(Device::Cpu).flatten(1, -1)).expect("float rows");
+        let doubles = |t: &Tensor| Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double)).expect("doubles");
+        // Semi-supervised decoders see the predicted class distribution in place of a label.
+        let probabilities = (reconstruct || wanted.contains(&Want::Classes)).then(|| vae.classify(x, false).map(|logits| logits.softmax(1, Kind::Float))).flatten();
+        let posterior = (reconstruct || wanted.contains(&Want::Code)).then(|| vae.encode(x, false));
+        let reconstructions = reconstruct.then(|| {
+            let posterior = posterior.as_ref().expect("encoded for reconstruction");
+            let params = vae.decode(&posterior.mean, probabilities.as_ref(), false);
+            let nll = doubles(&negative_log_likelihood(config.likelihood, &params, x, vae.likelihood_log_var()));
+            let kl = doubles(&kl_to_standard_normal(posterior));
+            rows(&models::intensities(config, &params))
+                .into_iter()
+                .zip(nll.into_iter().zip(kl))
+                .map(|(pixels, (nll, kl))| Reconstructed { pixels, reconstruction_error: nll, kl, elbo: -(nll + kl) })
+                .collect::<Vec<_>>()
+                .into_iter()
+        });
+        let codes = posterior.map(|p| {
+            let codes: Vec<Code> = rows(&p.mean).into_iter().zip(rows(&p.log_var)).map(|(mean, log_var)| Code { mean, log_var }).collect();
+            codes.into_iter()
+        });
+        Self { probabilities: probabilities.map(|p| rows(&p).into_iter()), codes, reconstructions }
+    }
+
+    /// The answer for the next `n` images, in batch order; every part moves past them.
+    fn next_outcome(&mut self, want: Want, n: usize, model: &LoadedModel) -> Result<Outcome, InferenceError> {
+        let probabilities = self.probabilities.as_mut().map(|it| it.by_ref().take(n).collect::<Vec<_>>());
+        let codes = self.codes.as_mut().map(|it| it.by_ref().take(n).collect::<Vec<_>>());
+        let reconstructions = self.reconstructions.as_mut().map(|it| it.by_ref().take(n).collect::<Vec<_>>());
+        let missing = || InferenceError::BadRequest(format!("{:?} model has no classifier", model.model.config().architecture));
+        Ok(match want {
+            Want::Classes => Outcome::Classified(probabilities.ok_or_else(missing)?),
+            Want::Code => Outcome::Encoded(codes.expect("encoded when codes were wanted")),
+            Want::Reconstruction => Outcome::Reconstructed(reconstructions.expect("reconstructed when wanted")),
         })
-        .collect()
+    }
 }
 
 type Plan = Result<(Tensor, Option<Tensor>, Option<i64>), InferenceError>;
