@@ -1,7 +1,8 @@
 //! The inference side. Each loaded model lives on a dedicated thread (tensors are not Sync and
 //! grad mode is thread-local), fed by a bounded queue, as in text-embeddings-inference. The
 //! thread batches queued requests dynamically (up to `max_batch_size` rows, waiting at most
-//! `max_batch_delay` and only under load) and runs a batch as one encoder and one decoder pass.
+//! `max_batch_delay` and only under load) and runs a batch as one pass through each model part
+//! that some request in it needs.
 
 pub mod input;
 mod worker;

@@ -1,5 +1,6 @@
 //! A model thread: loads one model, then runs queued jobs in dynamic batches — every image job
-//! of a batch through one encoder pass, every generation job through one decoder pass.
+//! of a batch through one pass of the model parts they need, every generation job through one
+//! decoder pass.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
