@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
@@ -30,6 +30,9 @@ pub struct Metrics {
     pub inference_seconds: HistogramVec,
     pub inference_batch_size: HistogramVec,
     pub inference_requests: IntCounterVec,
+    /// glibc's heap, read at each scrape: resident memory alone cannot tell a leak (bytes in use
+    /// grow) from fragmentation (free bytes malloc keeps grow).
+    malloc_bytes: IntGaugeVec,
 }
 
 impl Metrics {
@@ -61,6 +64,11 @@ impl Metrics {
             &["model", "outcome"],
         )
         .expect("static metric definition");
+        let malloc_bytes = IntGaugeVec::new(
+            Opts::new("vae_malloc_bytes", "C heap (glibc malloc, all arenas): bytes in live allocations (in_use) and free bytes it keeps (free)"),
+            &["state"],
+        )
+        .expect("static metric definition");
         for collector in [
             Box::new(http_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(http_duration.clone()),
@@ -68,6 +76,7 @@ impl Metrics {
             Box::new(inference_seconds.clone()),
             Box::new(inference_batch_size.clone()),
             Box::new(inference_requests.clone()),
+            Box::new(malloc_bytes.clone()),
         ] {
             registry.register(collector).expect("registered once");
         }
@@ -75,13 +84,35 @@ impl Metrics {
         registry
             .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
             .expect("registered once");
-        Self { registry, http_requests, http_duration, inference_queue_seconds, inference_seconds, inference_batch_size, inference_requests }
+        Self { registry, http_requests, http_duration, inference_queue_seconds, inference_seconds, inference_batch_size, inference_requests, malloc_bytes }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Some(heap) = malloc_usage() {
+            self.malloc_bytes.with_label_values(&["in_use"]).set(heap.in_use as i64);
+            self.malloc_bytes.with_label_values(&["free"]).set(heap.free as i64);
+        }
         TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
     }
+}
+
+struct MallocUsage {
+    in_use: usize,
+    free: usize,
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn malloc_usage() -> Option<MallocUsage> {
+    // SAFETY: mallinfo2 only reads allocator statistics (it takes each arena's lock briefly).
+    let info = unsafe { libc::mallinfo2() };
+    // Chunks handed out from the arenas plus large allocations served by mmap.
+    Some(MallocUsage { in_use: info.uordblks + info.hblkhd, free: info.fordblks })
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn malloc_usage() -> Option<MallocUsage> {
+    None
 }
 
 impl Default for Metrics {

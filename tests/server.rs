@@ -75,6 +75,8 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
     assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1"), "{metrics}");
     assert!(metrics.contains("# TYPE vae_http_request_duration_seconds histogram"));
     assert!(metrics.contains("process_resident_memory_bytes"));
+    let heap_in_use: f64 = metrics.lines().find_map(|l| l.strip_prefix("vae_malloc_bytes{state=\"in_use\"} ")).expect("C heap gauge").parse().unwrap();
+    assert!(heap_in_use > 1e6, "a loaded libtorch holds more than a megabyte of C heap, got {heap_in_use}");
     for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "not a sample line: {line}");
