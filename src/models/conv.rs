@@ -16,7 +16,7 @@ pub struct ConvVae {
     mean: nn::Linear,
     log_var: nn::Linear,
     decoder_fc: BnMlp,
-    up: Vec<(nn::ConvTranspose2D, Option<BatchNorm>)>,
+    up: Vec<(layers::DoublingConv, Option<BatchNorm>)>,
     likelihood_log_var: Option<Tensor>,
     /// `[C, H, W]` of the smallest feature map.
     bottleneck: [i64; 3],
