@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Models kept loaded at once; the least recently used is unloaded beyond this.
     #[arg(long, env = "VAE_LOADED_MODELS", default_value_t = 4)]
     pub loaded_models: usize,
+    /// Torch intra-op CPU threads of each model thread (training jobs use --threads). Inference
+    /// batches are small, so one thread leaves the other cores to HTTP and image decoding.
+    #[arg(long, env = "VAE_INFERENCE_THREADS", default_value_t = 1)]
+    pub inference_threads: usize,
     /// Training jobs run at once (each on its own thread).
     #[arg(long, env = "VAE_TRAIN_WORKERS", default_value_t = 1)]
     pub train_workers: usize,
@@ -127,6 +131,7 @@ impl ServeArgs {
             max_batch_delay: Duration::from_millis(self.max_batch_delay_ms),
             queue_capacity: self.queue_capacity.max(1),
             loaded_models: self.loaded_models.max(1),
+            threads: self.inference_threads.max(1),
         }
     }
 }

@@ -138,6 +138,15 @@ mod tests {
     }
 }
 
+/// Sets torch's intra-op CPU threads for the calling thread, so model threads and training threads
+/// can each have their own count. ATen gives a thread its count from the last process-wide setting
+/// at the thread's first parallel operation, so that happens first; a later setting made by
+/// another thread then no longer reaches this one.
+pub fn set_torch_threads_of_this_thread(threads: usize) {
+    let _ = tch::get_num_threads();
+    tch::set_num_threads(threads.max(1) as i32);
+}
+
 /// Caps glibc's malloc arenas at two unless `MALLOC_ARENA_MAX` is set. glibc gives busy threads
 /// arenas of their own; with the blocking pool's threads coming and going under load, resident
 /// memory crept twice as fast with the default (the memory soak in BENCHMARKS.md).

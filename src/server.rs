@@ -43,6 +43,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             models_dir: args.models_dir.clone(),
             jobs_dir,
             device: runtime.device,
+            threads: runtime.cpu_threads,
         },
     )?;
     let state = AppState {

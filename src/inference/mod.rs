@@ -46,6 +46,8 @@ pub struct BatchingConfig {
     pub queue_capacity: usize,
     /// Loaded models kept; the least recently used beyond this is unloaded.
     pub loaded_models: usize,
+    /// Torch intra-op CPU threads on each model thread.
+    pub threads: usize,
 }
 
 /// Which model a request is for.

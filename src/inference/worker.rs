@@ -25,6 +25,7 @@ pub(super) struct Context {
 
 pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Receiver<Job>) {
     let _no_grad = tch::no_grad_guard();
+    crate::runtime::set_torch_threads_of_this_thread(context.batching.threads);
     let model = match artifact::load(&context.dir, context.device) {
         Ok((_, model)) => model,
         Err(error) => {

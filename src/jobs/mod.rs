@@ -42,6 +42,8 @@ pub struct QueueConfig {
     /// Checkpoints live in `<jobs_dir>/<id>/checkpoint`.
     pub jobs_dir: PathBuf,
     pub device: Device,
+    /// Torch intra-op CPU threads of each training thread.
+    pub threads: usize,
 }
 
 /// A progress event of one job, as streamed to clients.
@@ -168,6 +170,7 @@ impl JobQueue {
 
     /// A worker thread: claim the oldest queued job, run it, repeat; sleep when the queue is empty.
     fn work(&self) {
+        crate::runtime::set_torch_threads_of_this_thread(self.inner.config.threads);
         loop {
             match self.inner.store.claim_next() {
                 Ok(Some(job)) => self.run(job),
