@@ -15,7 +15,15 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             vae_serve::runtime::limit_malloc_arenas();
-            tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::serve(cli.global, args))
+            // Uploads are decoded on the blocking pool. Tokio's default cap of 512 threads lets the
+            // pool grow with the connections under load, each thread keeping a stack and allocator
+            // caches, for no throughput beyond a few threads per core.
+            let blocking_threads = 4 * vae_serve::runtime::available_cores();
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(blocking_threads)
+                .build()?
+                .block_on(server::serve(cli.global, args))
         }
         Command::Train(args) => {
             let runtime = init_torch(&cli.global)?;

@@ -88,7 +88,7 @@ pub fn torch_version() -> &'static str {
     "2.11.0"
 }
 
-fn available_cores() -> usize {
+pub fn available_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
