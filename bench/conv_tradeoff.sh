@@ -16,12 +16,10 @@ OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 common=(--device cpu --data-dir ../shared/data --dataset mnist --validation-fraction 0 --name run)
 
-# epoch_seconds ARGS... -> mean seconds of epochs 2..4
+# epoch_seconds ARGS... -> mean seconds of epochs 2..4, from the JSON summary `train` prints
 epoch_seconds() {
-  local dir; dir=$(mktemp -d "$OUT/t.XXXX")
-  "$BIN" train "${common[@]}" --threads 2 --epochs 4 --no-bn-recompute --models-dir "$dir" "$@" 2>&1 \
-    | grep -o 'epoch=[0-9]* .*seconds=[0-9.]*' | sed 's/epoch=\([0-9]*\).*seconds=\([0-9.]*\)/\1 \2/' \
-    | awk '$1 > 1 {s += $2; n++} END {printf "%.3f\n", s / n}'
+  "$BIN" train "${common[@]}" --threads 2 --epochs 4 --no-bn-recompute --models-dir "$(mktemp -d "$OUT/t.XXXX")" "$@" 2>/dev/null \
+    | python3 -c "import json, sys; s = [e['seconds'] for e in json.load(sys.stdin)['history'][1:]]; print('%.3f' % (sum(s) / len(s)))"
 }
 
 declare -A total
@@ -35,9 +33,8 @@ mlp=$(echo "${total[mlp]} / $ROUNDS" | bc -l)
 
 # test_elbo CHANNELS SEED -> test −ELBO of a 60-epoch run
 test_elbo() {
-  local dir; dir=$(mktemp -d "$OUT/q.XXXX")
-  "$BIN" train "${common[@]}" --threads 1 --epochs 60 --architecture conv --conv-channels "$1" --seed "$2" --models-dir "$dir" >/dev/null 2>&1
-  python3 -c "import json, sys; print('%.2f' % json.load(open(sys.argv[1]))['metrics']['test_negative_elbo'])" "$dir/run/v1/manifest.json"
+  "$BIN" train "${common[@]}" --threads 1 --epochs 60 --architecture conv --conv-channels "$1" --seed "$2" --models-dir "$(mktemp -d "$OUT/q.XXXX")" 2>/dev/null \
+    | python3 -c "import json, sys; print('%.2f' % json.load(sys.stdin)['metrics']['test_negative_elbo'])"
 }
 
 printf "| conv channels | s/epoch | × MLP (%.3f s) | test −ELBO by seed (60 epochs) |\n" "$mlp"
