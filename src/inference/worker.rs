@@ -104,25 +104,22 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
     let mut results: Vec<Option<Result<Outcome, InferenceError>>> = tasks.iter().map(|_| None).collect();
 
     // One pass for every uploaded image of the batch, through the parts some request needs.
-    let analysed: Vec<usize> = (0..tasks.len()).filter(|&i| matches!(tasks[i], Task::Analyse { .. })).collect();
+    let analysed: Vec<(usize, &Vec<Vec<f32>>, Want)> = tasks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, task)| match task {
+            Task::Analyse { images, want } => Some((i, images, *want)),
+            _ => None,
+        })
+        .collect();
     if !analysed.is_empty() {
-        let mut wanted = Vec::new();
-        let pixels: Vec<f32> = analysed
-            .iter()
-            .flat_map(|&i| match tasks[i] {
-                Task::Analyse { images, want } => {
-                    wanted.push(*want);
-                    images.iter().flatten().copied().collect::<Vec<_>>()
-                }
-                _ => unreachable!("filtered above"),
-            })
-            .collect();
+        let pixels: Vec<f32> = analysed.iter().flat_map(|(_, images, _)| images.iter().flatten().copied()).collect();
+        let wanted: Vec<Want> = analysed.iter().map(|&(_, _, want)| want).collect();
         let [c, h, w] = shape.dims();
         let x = Tensor::from_slice(&pixels).view([-1, c, h, w]).to_device(device);
         let mut analyses = Analyses::compute(model, &x, &wanted);
-        for &i in &analysed {
-            let Task::Analyse { images, want } = tasks[i] else { unreachable!("filtered above") };
-            results[i] = Some(analyses.next_outcome(*want, images.len(), model));
+        for &(i, images, want) in &analysed {
+            results[i] = Some(analyses.next_outcome(want, images.len(), model));
         }
     }
 
@@ -174,12 +171,12 @@ impl Analyses {
     fn compute(model: &LoadedModel, x: &Tensor, wanted: &[Want]) -> Self {
         let vae = &*model.model;
         let config = vae.config();
-        let reconstruct = wanted.contains(&Want::Reconstruction);
+        let [classes, code, reconstruct] = [Want::Classes, Want::Code, Want::Reconstruction].map(|w| wanted.contains(&w));
         let rows = |t: &Tensor| Vec::<Vec<f32>>::try_from(t.to_device(Device::Cpu).flatten(1, -1)).expect("float rows");
         let doubles = |t: &Tensor| Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double)).expect("doubles");
         // Semi-supervised decoders see the predicted class distribution in place of a label.
-        let probabilities = (reconstruct || wanted.contains(&Want::Classes)).then(|| vae.classify(x, false).map(|logits| logits.softmax(1, Kind::Float))).flatten();
-        let posterior = (reconstruct || wanted.contains(&Want::Code)).then(|| vae.encode(x, false));
+        let probabilities = (reconstruct || classes).then(|| vae.classify(x, false).map(|logits| logits.softmax(1, Kind::Float))).flatten();
+        let posterior = (reconstruct || code).then(|| vae.encode(x, false));
         let reconstructions = reconstruct.then(|| {
             let posterior = posterior.as_ref().expect("encoded for reconstruction");
             let params = vae.decode(&posterior.mean, probabilities.as_ref(), false);
@@ -192,11 +189,13 @@ impl Analyses {
                 .collect::<Vec<_>>()
                 .into_iter()
         });
-        let codes = posterior.map(|p| {
+        // Tensors computed only as inputs of the reconstruction are not copied out row by row.
+        let codes = posterior.filter(|_| code).map(|p| {
             let codes: Vec<Code> = rows(&p.mean).into_iter().zip(rows(&p.log_var)).map(|(mean, log_var)| Code { mean, log_var }).collect();
             codes.into_iter()
         });
-        Self { probabilities: probabilities.map(|p| rows(&p).into_iter()), codes, reconstructions }
+        let probabilities = probabilities.filter(|_| classes).map(|p| rows(&p).into_iter());
+        Self { probabilities, codes, reconstructions }
     }
 
     /// The answer for the next `n` images, in batch order; every part moves past them.
