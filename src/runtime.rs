@@ -123,21 +123,6 @@ fn load_cuda_support() -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_device_requests() {
-        assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
-        assert_eq!("CPU".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cpu);
-        assert_eq!("cuda".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(0));
-        assert_eq!("cuda:3".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(3));
-        assert!("tpu".parse::<DeviceRequest>().is_err());
-        assert!("cuda:x".parse::<DeviceRequest>().is_err());
-    }
-}
-
 /// Sets torch's intra-op CPU threads for the calling thread, so model threads and training threads
 /// can each have their own count. ATen gives a thread its count from the last process-wide setting
 /// at the thread's first parallel operation, so that happens first; a later setting made by
@@ -157,5 +142,20 @@ pub fn limit_malloc_arenas() {
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_requests() {
+        assert_eq!("auto".parse::<DeviceRequest>().unwrap(), DeviceRequest::Auto);
+        assert_eq!("CPU".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cpu);
+        assert_eq!("cuda".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(3));
+        assert!("tpu".parse::<DeviceRequest>().is_err());
+        assert!("cuda:x".parse::<DeviceRequest>().is_err());
     }
 }
