@@ -67,6 +67,9 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
     assert!(other.headers().get("access-control-allow-origin").is_none());
     let compressed = http.get(server.url("/openapi.json")).header("accept-encoding", "gzip").send().unwrap();
     assert_eq!(compressed.headers()["content-encoding"], "gzip");
+    let small = http.get(server.url("/readyz")).header("accept-encoding", "gzip").send().unwrap();
+    assert!(small.content_length().is_some_and(|n| (32..1024).contains(&n)), "between gzip's default floor and ours");
+    assert!(small.headers().get("content-encoding").is_none(), "a short answer is not worth compressing");
 
     let metrics = http.get(server.url("/metrics")).send().unwrap();
     assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));

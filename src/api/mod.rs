@@ -19,6 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, put};
 use axum::Router;
+use tower_http::compression::predicate::{DefaultPredicate, Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::{AllowOrigin, Any, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
@@ -104,6 +105,9 @@ pub fn openapi_json() -> String {
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Smaller answers go out as they are: gzip would save less than a packet, and setting up a
+/// deflate stream cost more CPU than the rest of a one-image `/classify` (BENCHMARKS.md, profile).
+const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
 /// The full application: routes plus middleware, outermost first in reading order below.
 pub fn router(state: AppState, config: &ServeArgs) -> Router {
@@ -142,7 +146,7 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
         // Outside the limit and timeout layers so their plain-text errors become problems too.
         .layer(middleware::map_response(problem::problem_for_bare_errors))
-        .layer(CompressionLayer::new())
+        .layer(CompressionLayer::new().compress_when(DefaultPredicate::new().and(SizeAbove::new(COMPRESS_ABOVE_BYTES))))
         .layer(cors_layer(&config.cors_origins))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
