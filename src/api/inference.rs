@@ -1,6 +1,6 @@
 //! Inference endpoints. Top-level forms use the default model; the same handlers answer under
 //! `/v1/models/{name}` and `/v1/models/{name}/versions/{version}`. Handlers validate, decode
-//! uploads on the blocking pool, hand the work to the model host and format its answer.
+//! uploads (large ones on the blocking pool), hand the work to the model host and format its answer.
 
 use std::collections::BTreeMap;
 
@@ -17,13 +17,16 @@ use super::problem::{ApiError, Problem};
 use super::uploads::{ImagesJson, Uploads};
 use super::{blocking, AppState};
 use crate::inference::input::{self, Conversion};
-use crate::inference::{Endpoint, Generated, InferenceError, ModelInfo, ModelRef, Outcome, Task, Want};
+use crate::inference::{Endpoint, Generated, InferenceError, ModelInfo, ModelRef, Outcome, ServingModel, Task, Want};
 use crate::render::{self, ImageBatch};
 
 /// Most samples (or interpolation steps) one request may ask for.
 pub const MAX_SAMPLES: usize = 256;
 /// Largest width or height of an uploaded image, checked before decoding.
 pub const MAX_IMAGE_SIDE: u32 = 4096;
+/// Uploads up to this many pixels in all (a 64×64 image; an MNIST digit is 784) are decoded on
+/// the request's own thread: that takes microseconds, less than a hand-off to the blocking pool.
+const INLINE_DECODE_PIXELS: u64 = 64 * 64;
 
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-model");
 
@@ -118,8 +121,9 @@ pub async fn sample(State(state): State<AppState>, Model(model): Model, Query(qu
         return Err(ApiError::BadRequest(format!("temperature = {temperature} must be in (0, 10]")));
     }
     let task = Task::Sample { n, label: query.label, temperature, seed: query.seed.unwrap_or(0) };
-    let (info, outcome) = state.models.run(&model, task).await?;
-    generated_response(info, outcome, query.format.unwrap_or_default(), render::square_columns(n)).await
+    let model = state.models.get(&model).await?;
+    let outcome = model.run(task).await?;
+    generated_response(model.info(), outcome, query.format.unwrap_or_default(), render::square_columns(n)).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -160,8 +164,9 @@ pub async fn interpolate_labels(State(state): State<AppState>, Model(model): Mod
         return Err(ApiError::BadRequest("give both `from` and `to` labels (or POST two images)".into()));
     };
     let task = Task::Interpolate { from: Endpoint::Label(from), to: Endpoint::Label(to), steps, seed: query.seed.unwrap_or(0) };
-    let (info, outcome) = state.models.run(&model, task).await?;
-    generated_response(info, outcome, query.format.unwrap_or_default(), steps).await
+    let model = state.models.get(&model).await?;
+    let outcome = model.run(task).await?;
+    generated_response(model.info(), outcome, query.format.unwrap_or_default(), steps).await
 }
 
 /// A strip decoded along the straight line between the codes of two uploaded images.
@@ -175,17 +180,17 @@ pub async fn interpolate_images(State(state): State<AppState>, Model(model): Mod
     if uploads.0.len() != 2 {
         return Err(ApiError::BadRequest(format!("interpolation needs exactly two images, got {}", uploads.0.len())));
     }
-    let info = state.models.info(&model).await?;
-    let (mut images, _) = decode_uploads(&info, uploads).await?;
+    let model = state.models.get(&model).await?;
+    let (mut images, _) = decode_uploads(model.info(), uploads).await?;
     let (to, from) = (images.pop().expect("two images"), images.pop().expect("two images"));
     let task = Task::Interpolate { from: Endpoint::Image(from), to: Endpoint::Image(to), steps, seed: 0 };
-    let (info, outcome) = state.models.run(&info.pinned(), task).await?;
-    generated_response(info, outcome, query.format.unwrap_or_default(), steps).await
+    let outcome = model.run(task).await?;
+    generated_response(model.info(), outcome, query.format.unwrap_or_default(), steps).await
 }
 
-async fn generated_response(info: ModelInfo, outcome: Outcome, format: Format, columns: usize) -> Result<Response, ApiError> {
+async fn generated_response(info: &ModelInfo, outcome: Outcome, format: Format, columns: usize) -> Result<Response, ApiError> {
     let Outcome::Generated(Generated { images, latents, label }) = outcome else { return Err(unexpected(outcome)) };
-    let model = model_header(&info);
+    let model = model_header(info);
     match format {
         Format::Png => {
             let png = blocking(move || render::png_bytes(&images.grid(columns))).await?;
@@ -194,7 +199,7 @@ async fn generated_response(info: ModelInfo, outcome: Outcome, format: Format, c
         Format::Json => {
             let encoded = blocking(move || (0..images.count()).map(|i| base64_png(&images, i)).collect::<Vec<_>>()).await?;
             let label_name = label.and_then(|l| info.config.label_names.get(l as usize).cloned());
-            let body = GeneratedJson { model: info.id, label, label_name, images: encoded, latents };
+            let body = GeneratedJson { model: info.id.clone(), label, label_name, images: encoded, latents };
             Ok(([(MODEL_HEADER, model)], Json(body)).into_response())
         }
     }
@@ -236,11 +241,12 @@ pub struct ReconstructResponse {
     (status = 415, description = "unsupported content or image type", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Query(query): Query<ReconstructQuery>, uploads: Uploads) -> Result<Response, ApiError> {
-    let info = state.models.info(&model).await?;
-    let (info, outcome, conversions) = analyse(&state, &info, uploads, Want::Reconstruction).await?;
+    let model = state.models.get(&model).await?;
+    let (outcome, conversions) = analyse(&model, uploads, Want::Reconstruction).await?;
+    let info = model.info();
     let Outcome::Reconstructed(reconstructions) = outcome else { return Err(unexpected(outcome)) };
     let shape = info.config.image.clone();
-    let header = [(MODEL_HEADER, model_header(&info))];
+    let header = [(MODEL_HEADER, model_header(info))];
     let batch = ImageBatch { shape, pixels: reconstructions.iter().flat_map(|r| r.pixels.iter().copied()).collect() };
     if query.format == Some(Format::Png) {
         let columns = render::square_columns(batch.count());
@@ -254,7 +260,7 @@ pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Que
         .zip(pictures)
         .map(|((r, conversion), reconstruction)| Reconstruction { reconstruction, reconstruction_error: r.reconstruction_error, kl: r.kl, elbo: r.elbo, conversion })
         .collect();
-    Ok((header, Json(ReconstructResponse { model: info.id, results })).into_response())
+    Ok((header, Json(ReconstructResponse { model: info.id.clone(), results })).into_response())
 }
 
 /// One classified image.
@@ -282,14 +288,15 @@ pub struct ClassifyResponse {
     (status = 415, description = "unsupported content or image type", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn classify(State(state): State<AppState>, Model(model): Model, uploads: Uploads) -> Result<Response, ApiError> {
-    let info = state.models.info(&model).await?;
+    let model = state.models.get(&model).await?;
+    let info = model.info();
     if info.config.architecture != crate::models::Architecture::SemiSupervised {
         return Err(ApiError::BadRequest(format!(
             "model {} ({:?}) has no classifier: use a semi-supervised model, e.g. the default one at POST /classify or /v1/models/{{name}}/classify",
             info.id, info.config.architecture
         )));
     }
-    let (info, outcome, conversions) = analyse(&state, &info, uploads, Want::Classes).await?;
+    let (outcome, conversions) = analyse(&model, uploads, Want::Classes).await?;
     let Outcome::Classified(classified) = outcome else { return Err(unexpected(outcome)) };
     let names = &info.config.label_names;
     let results = classified
@@ -306,7 +313,7 @@ pub async fn classify(State(state): State<AppState>, Model(model): Model, upload
             }
         })
         .collect();
-    Ok(([(MODEL_HEADER, model_header(&info))], Json(ClassifyResponse { model: info.id, results })).into_response())
+    Ok(([(MODEL_HEADER, model_header(info))], Json(ClassifyResponse { model: info.id.clone(), results })).into_response())
 }
 
 /// One encoded image.
@@ -330,18 +337,19 @@ pub struct EncodeResponse {
     (status = 415, description = "unsupported content or image type", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn encode(State(state): State<AppState>, Model(model): Model, uploads: Uploads) -> Result<Response, ApiError> {
-    let info = state.models.info(&model).await?;
-    let (info, outcome, conversions) = analyse(&state, &info, uploads, Want::Code).await?;
+    let model = state.models.get(&model).await?;
+    let (outcome, conversions) = analyse(&model, uploads, Want::Code).await?;
+    let info = model.info();
     let Outcome::Encoded(codes) = outcome else { return Err(unexpected(outcome)) };
     let results = codes.into_iter().zip(conversions).map(|(code, conversion)| Encoding { mean: code.mean, log_var: code.log_var, conversion }).collect();
-    Ok(([(MODEL_HEADER, model_header(&info))], Json(EncodeResponse { model: info.id, results })).into_response())
+    Ok(([(MODEL_HEADER, model_header(info))], Json(EncodeResponse { model: info.id.clone(), results })).into_response())
 }
 
-/// Decodes uploads to the shape of the model `info` describes and runs them on that very version.
-async fn analyse(state: &AppState, info: &ModelInfo, uploads: Uploads, want: Want) -> Result<(ModelInfo, Outcome, Vec<Conversion>), ApiError> {
-    let (images, conversions) = decode_uploads(info, uploads).await?;
-    let (info, outcome) = state.models.run(&info.pinned(), Task::Analyse { images, want }).await?;
-    Ok((info, outcome, conversions))
+/// Decodes uploads to the shape of `model` and runs them on it.
+async fn analyse(model: &ServingModel, uploads: Uploads, want: Want) -> Result<(Outcome, Vec<Conversion>), ApiError> {
+    let (images, conversions) = decode_uploads(model.info(), uploads).await?;
+    let outcome = model.run(Task::Analyse { images, want }).await?;
+    Ok((outcome, conversions))
 }
 
 /// The model host answered with another kind of result than the task asked for: a bug.
@@ -357,21 +365,21 @@ fn unexpected(outcome: Outcome) -> ApiError {
 
 /// Decodes and converts uploads to the model's shape on the blocking pool.
 async fn decode_uploads(info: &ModelInfo, uploads: Uploads) -> Result<(Vec<Vec<f32>>, Vec<Conversion>), ApiError> {
+    let headers = uploads.0.iter().enumerate().map(|(i, bytes)| input::read_header(i, bytes, MAX_IMAGE_SIDE)).collect::<Result<Vec<_>, _>>().map_err(input_error)?;
+    let small = headers.iter().map(input::Header::pixels).sum::<u64>() <= INLINE_DECODE_PIXELS;
     let shape = info.config.image.clone();
-    blocking(move || {
-        uploads
-            .0
-            .iter()
-            .enumerate()
-            .map(|(i, bytes)| input::decode(i, bytes, &shape, MAX_IMAGE_SIDE))
-            .collect::<Result<Vec<_>, _>>()
-            .map(|decoded| decoded.into_iter().unzip())
-    })
-    .await?
-    .map_err(|e| match e {
-        input::InputError::UnsupportedFormat { .. } => ApiError::UnsupportedMediaType(e.to_string()),
-        _ => ApiError::BadRequest(e.to_string()),
-    })
+    let decode_all = move || {
+        uploads.0.iter().zip(headers).enumerate().map(|(i, (bytes, header))| input::decode(i, bytes, header, &shape)).collect::<Result<Vec<_>, _>>()
+    };
+    let decoded = if small { decode_all() } else { blocking(decode_all).await? };
+    Ok(decoded.map_err(input_error)?.into_iter().unzip())
+}
+
+fn input_error(error: input::InputError) -> ApiError {
+    match error {
+        input::InputError::UnsupportedFormat { .. } => ApiError::UnsupportedMediaType(error.to_string()),
+        _ => ApiError::BadRequest(error.to_string()),
+    }
 }
 
 fn base64_png(images: &ImageBatch, i: usize) -> String {

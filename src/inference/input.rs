@@ -35,8 +35,23 @@ pub struct Conversion {
     pub colour_converted: bool,
 }
 
-/// Decodes upload `index` and converts it to `shape`: pixels C×H×W in [0, 1].
-pub fn decode(index: usize, bytes: &[u8], shape: &ImageShape, max_side: u32) -> Result<(Vec<f32>, Conversion), InputError> {
+/// An upload's format and size, read from its header alone.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    format: ImageFormat,
+    width: u32,
+    height: u32,
+}
+
+impl Header {
+    pub fn pixels(&self) -> u64 {
+        u64::from(self.width) * u64::from(self.height)
+    }
+}
+
+/// Reads upload `index`'s header and refuses it if it is not a supported image or is larger than
+/// `max_side`, so that no pixel of an oversized image is ever decoded.
+pub fn read_header(index: usize, bytes: &[u8], max_side: u32) -> Result<Header, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty { index });
     }
@@ -44,13 +59,18 @@ pub fn decode(index: usize, bytes: &[u8], shape: &ImageShape, max_side: u32) -> 
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::WebP) {
         return Err(InputError::UnsupportedFormat { index });
     }
-    let reader = || ImageReader::with_format(Cursor::new(bytes), format);
-    // The header alone gives the size, so oversized images are refused before any pixel is decoded.
-    let (width, height) = reader().into_dimensions().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
     if width > max_side || height > max_side {
         return Err(InputError::TooLarge { index, width, height, limit: max_side });
     }
-    let image = reader().decode().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+    Ok(Header { format, width, height })
+}
+
+/// Decodes upload `index`, whose `header` was read and checked, and converts it to `shape`:
+/// pixels C×H×W in [0, 1].
+pub fn decode(index: usize, bytes: &[u8], header: Header, shape: &ImageShape) -> Result<(Vec<f32>, Conversion), InputError> {
+    let Header { format, width, height } = header;
+    let image = ImageReader::with_format(Cursor::new(bytes), format).decode().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
     let grey = !image.color().has_color();
     let conversion = Conversion {
         format: format.extensions_str().first().copied().unwrap_or("image").to_string(),
@@ -69,27 +89,31 @@ mod tests {
 
     const MNIST: ImageShape = ImageShape::MNIST;
 
+    fn read(index: usize, bytes: &[u8], shape: &ImageShape, max_side: u32) -> Result<(Vec<f32>, Conversion), InputError> {
+        decode(index, bytes, read_header(index, bytes, max_side)?, shape)
+    }
+
     #[test]
     fn converts_colour_and_size_and_says_so() {
         let rgb = image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(56, 40, image::Rgb([255, 255, 255])));
-        let (pixels, conversion) = decode(0, &png_bytes(&rgb), &MNIST, 4096).unwrap();
+        let (pixels, conversion) = read(0, &png_bytes(&rgb), &MNIST, 4096).unwrap();
         assert_eq!(pixels.len(), 784);
         assert!(pixels.iter().all(|&p| (p - 1.0).abs() < 1e-6));
         assert_eq!(conversion, Conversion { format: "png".into(), original_width: 56, original_height: 40, resized: true, colour_converted: true });
         let grey = image::DynamicImage::ImageLuma8(image::GrayImage::new(28, 28));
-        let (_, conversion) = decode(0, &png_bytes(&grey), &MNIST, 4096).unwrap();
+        let (_, conversion) = read(0, &png_bytes(&grey), &MNIST, 4096).unwrap();
         assert!(!conversion.resized && !conversion.colour_converted);
     }
 
     #[test]
     fn refuses_bad_uploads_with_their_index() {
-        assert_eq!(decode(2, b"", &MNIST, 4096).unwrap_err(), InputError::Empty { index: 2 });
-        assert_eq!(decode(1, b"hello, not an image", &MNIST, 4096).unwrap_err(), InputError::UnsupportedFormat { index: 1 });
+        assert_eq!(read(2, b"", &MNIST, 4096).unwrap_err(), InputError::Empty { index: 2 });
+        assert_eq!(read(1, b"hello, not an image", &MNIST, 4096).unwrap_err(), InputError::UnsupportedFormat { index: 1 });
         let big = image::DynamicImage::ImageLuma8(image::GrayImage::new(300, 20));
-        assert!(matches!(decode(0, &png_bytes(&big), &MNIST, 256).unwrap_err(), InputError::TooLarge { width: 300, .. }));
+        assert!(matches!(read(0, &png_bytes(&big), &MNIST, 256).unwrap_err(), InputError::TooLarge { width: 300, .. }));
         let mut truncated = png_bytes(&image::DynamicImage::ImageLuma8(image::GrayImage::new(28, 28)));
         truncated.truncate(truncated.len() / 2);
-        assert!(matches!(decode(0, &truncated, &MNIST, 4096).unwrap_err(), InputError::Corrupt { .. }));
+        assert!(matches!(read(0, &truncated, &MNIST, 4096).unwrap_err(), InputError::Corrupt { .. }));
     }
 
     #[test]
@@ -99,7 +123,7 @@ mod tests {
         let mut bomb = small.clone();
         bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        let err = decode(0, &bomb, &MNIST, 4096).unwrap_err();
+        let err = read(0, &bomb, &MNIST, 4096).unwrap_err();
         assert!(matches!(err, InputError::TooLarge { width: 100_000, height: 100_000, .. } | InputError::Corrupt { .. }), "{err:?}");
     }
 }

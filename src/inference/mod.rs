@@ -5,17 +5,21 @@
 //! that some request in it needs.
 
 pub mod input;
+mod resolve;
 mod worker;
 
+pub use resolve::resolve_model;
+use resolve::Resolver;
+
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tch::Device;
 use tokio::sync::{oneshot, watch};
 
-use crate::models::{artifact, ModelConfig, ModelError};
+use crate::models::{ModelConfig, ModelError};
 use crate::render::ImageBatch;
 use crate::telemetry::Metrics;
 
@@ -63,15 +67,6 @@ pub struct ModelInfo {
     /// `name@version`, as `resolve_model` builds it.
     pub id: String,
     pub config: ModelConfig,
-}
-
-impl ModelInfo {
-    /// This exact version, so a request that looked at the model (to decode uploads to its
-    /// shape) runs on the same version even if a newer one is published meanwhile.
-    pub fn pinned(&self) -> ModelRef {
-        let (name, version) = self.id.split_once('@').expect("ids are `name@version`");
-        ModelRef::Named { name: name.to_string(), version: version.parse().ok() }
-    }
 }
 
 /// One end of an interpolation.
@@ -162,7 +157,7 @@ struct Job {
 #[derive(Debug, Clone)]
 enum WorkerState {
     Loading,
-    Ready(ModelInfo),
+    Ready(Arc<ModelInfo>),
     Failed(String),
 }
 
@@ -172,6 +167,32 @@ struct Worker {
     state: watch::Receiver<WorkerState>,
     jobs: mpsc::SyncSender<Job>,
     last_used: Instant,
+}
+
+/// A loaded model, ready to take tasks.
+pub struct ServingModel {
+    info: Arc<ModelInfo>,
+    jobs: mpsc::SyncSender<Job>,
+    metrics: Arc<Metrics>,
+}
+
+impl ServingModel {
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Queues `task` and waits for its batch to run.
+    pub async fn run(&self, task: Task) -> Result<Outcome, InferenceError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs.try_send(Job { task, enqueued: Instant::now(), reply }).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => {
+                self.metrics.inference_requests.with_label_values(&[&self.info.id, "rejected"]).inc();
+                InferenceError::Overloaded(self.info.id.clone())
+            }
+            mpsc::TrySendError::Disconnected(_) => InferenceError::WorkerGone,
+        })?;
+        answer.await.map_err(|_| InferenceError::WorkerGone)?
+    }
 }
 
 /// Whether the default model is ready, for /readyz.
@@ -189,7 +210,7 @@ pub struct ModelHost {
 }
 
 struct HostInner {
-    models_dir: PathBuf,
+    models: Resolver,
     /// `name` or `name@N`; changed at run time by `PUT /v1/models/{name}/default`.
     default_model: std::sync::RwLock<String>,
     device: Device,
@@ -198,23 +219,11 @@ struct HostInner {
     workers: Mutex<HashMap<String, Worker>>,
 }
 
-/// Finds `name` (latest version) or `name@N` under `models_dir`: its id and directory.
-pub fn resolve_model(models_dir: &Path, spec: &str) -> Result<(String, PathBuf), String> {
-    let (name, wanted) = match spec.split_once('@') {
-        Some((name, v)) => (name, Some(v.trim_start_matches('v').parse::<u32>().map_err(|_| format!("`{spec}`: version must be a number"))?)),
-        None => (spec, None),
-    };
-    artifact::find_version(models_dir, name, wanted)
-        .map_err(|e| e.to_string())?
-        .map(|(v, path)| (format!("{name}@{v}"), path))
-        .ok_or_else(|| format!("model `{spec}` not found under {}", models_dir.display()))
-}
-
 impl ModelHost {
     /// Starts loading the default model right away, so readiness follows start-up closely.
     pub fn start(models_dir: PathBuf, default_model: String, device: Device, batching: BatchingConfig, metrics: Arc<Metrics>) -> Self {
         let default_model = std::sync::RwLock::new(default_model);
-        let host = Self { inner: Arc::new(HostInner { models_dir, default_model, device, batching, metrics, workers: Mutex::new(HashMap::new()) }) };
+        let host = Self { inner: Arc::new(HostInner { models: Resolver::new(models_dir), default_model, device, batching, metrics, workers: Mutex::new(HashMap::new()) }) };
         if let Err(error) = host.worker(&ModelRef::Default, false) {
             tracing::warn!(%error, "default model not available");
         }
@@ -234,7 +243,7 @@ impl ModelHost {
     fn worker(&self, model: &ModelRef, retry_failed: bool) -> Result<Worker, InferenceError> {
         let spec = self.spec(model);
         // A missing default model means the service is not ready (503); a missing named one is a 404.
-        let (id, dir) = resolve_model(&self.inner.models_dir, &spec).map_err(|why| match model {
+        let (id, dir) = self.inner.models.resolve(&spec).map_err(|why| match model {
             ModelRef::Default => InferenceError::LoadFailed { id: spec.clone(), why },
             ModelRef::Named { .. } => InferenceError::NotFound(why),
         })?;
@@ -269,36 +278,18 @@ impl ModelHost {
         Ok(worker)
     }
 
-    /// The worker for `model` once its model is loaded.
-    async fn ready_worker(&self, model: &ModelRef) -> Result<(Worker, ModelInfo), InferenceError> {
+    /// `model` once it is loaded: its description, and the queue of the very version that was
+    /// looked up, so a request that read the model's shape (to decode uploads) runs on it even if
+    /// a newer version is published meanwhile.
+    pub async fn get(&self, model: &ModelRef) -> Result<ServingModel, InferenceError> {
         let worker = self.worker(model, true)?;
         let mut state = worker.state.clone();
         let state = state.wait_for(|s| !matches!(s, WorkerState::Loading)).await.map_err(|_| InferenceError::WorkerGone)?.clone();
         match state {
-            WorkerState::Ready(info) => Ok((worker, info)),
+            WorkerState::Ready(info) => Ok(ServingModel { info, jobs: worker.jobs, metrics: self.inner.metrics.clone() }),
             WorkerState::Failed(why) => Err(InferenceError::LoadFailed { id: worker.id, why }),
             WorkerState::Loading => unreachable!("waited for a settled state"),
         }
-    }
-
-    /// Waits until `model` is loaded and describes it.
-    pub async fn info(&self, model: &ModelRef) -> Result<ModelInfo, InferenceError> {
-        Ok(self.ready_worker(model).await?.1)
-    }
-
-    /// Queues `task` for `model` and waits for its batch to run.
-    pub async fn run(&self, model: &ModelRef, task: Task) -> Result<(ModelInfo, Outcome), InferenceError> {
-        let (worker, info) = self.ready_worker(model).await?;
-        let (reply, answer) = oneshot::channel();
-        worker.jobs.try_send(Job { task, enqueued: Instant::now(), reply }).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => {
-                self.inner.metrics.inference_requests.with_label_values(&[&info.id, "rejected"]).inc();
-                InferenceError::Overloaded(info.id.clone())
-            }
-            mpsc::TrySendError::Disconnected(_) => InferenceError::WorkerGone,
-        })?;
-        let outcome = answer.await.map_err(|_| InferenceError::WorkerGone)??;
-        Ok((info, outcome))
     }
 
     /// The default model as configured: `name` or `name@N`.
@@ -308,7 +299,7 @@ impl ModelHost {
 
     /// Makes `spec` the default model (it must exist) and starts loading it.
     pub fn set_default(&self, spec: &str) -> Result<String, InferenceError> {
-        let (id, _) = resolve_model(&self.inner.models_dir, spec).map_err(InferenceError::NotFound)?;
+        let (id, _) = self.inner.models.resolve(spec).map_err(InferenceError::NotFound)?;
         *self.inner.default_model.write().unwrap_or_else(|p| p.into_inner()) = spec.to_string();
         self.worker(&ModelRef::Default, true)?;
         Ok(id)

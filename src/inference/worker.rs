@@ -40,7 +40,7 @@ pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Re
     };
     let info = ModelInfo { id: context.id.clone(), config: model.model.config().clone() };
     tracing::info!(model = %info.id, device = ?context.device, "model loaded");
-    let _ = state.send(WorkerState::Ready(info));
+    let _ = state.send(WorkerState::Ready(Arc::new(info)));
     while let Some(batch) = next_batch(&queue, &context.batching) {
         run_batch(&context, &model, batch);
     }
@@ -82,17 +82,20 @@ fn run_batch(context: &Context, model: &LoadedModel, batch: Vec<Job>) {
     let metrics = &context.metrics;
     let id = context.id.as_str();
     metrics.inference_batch_size.with_label_values(&[id]).observe(batch.len() as f64);
+    // Each labelled series is looked up once per batch, not once per request.
+    let queue_seconds = metrics.inference_queue_seconds.with_label_values(&[id]);
     for job in &batch {
-        metrics.inference_queue_seconds.with_label_values(&[id]).observe(started.duration_since(job.enqueued).as_secs_f64());
+        queue_seconds.observe(started.duration_since(job.enqueued).as_secs_f64());
     }
     let tasks: Vec<&Task> = batch.iter().map(|j| &j.task).collect();
     // A panic inside libtorch bindings must not take the worker down with it.
     let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| execute(model, &tasks)))
         .unwrap_or_else(|_| tasks.iter().map(|_| Err(InferenceError::BadRequest("the model failed on this input".into()))).collect());
     metrics.inference_seconds.with_label_values(&[id]).observe(started.elapsed().as_secs_f64());
+    let succeeded = results.iter().filter(|r| r.is_ok()).count();
+    metrics.inference_requests.with_label_values(&[id, "ok"]).inc_by(succeeded as u64);
+    metrics.inference_requests.with_label_values(&[id, "error"]).inc_by((results.len() - succeeded) as u64);
     for (job, result) in batch.into_iter().zip(results) {
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics.inference_requests.with_label_values(&[id, outcome]).inc();
         let _ = job.reply.send(result);
     }
 }
