@@ -16,7 +16,7 @@ command -v oha >/dev/null || cargo install oha --locked >&2
 
 # run BATCH THREADS -> one table row
 run() {
-  VAE_MAX_BATCH_SIZE=$1 VAE_MAX_BATCH_DELAY_MS=2 RUST_LOG=warn "$BIN" serve --inference-threads "$2" --addr 127.0.0.1:18480 \
+  VAE_MAX_BATCH_SIZE=$1 RUST_LOG=warn "$BIN" serve --inference-threads "$2" --addr 127.0.0.1:18480 \
     --models-dir models --database "$OUT/$1-$2.db" --default-model mnist-ssvae 2>/dev/null &
   local pid=$!
   for _ in $(seq 100); do curl -fs http://127.0.0.1:18480/readyz >/dev/null 2>&1 && break; sleep 0.1; done

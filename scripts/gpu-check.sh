@@ -55,7 +55,7 @@ done
 echo
 
 if [ ! -x "$OHA" ]; then echo "(no oha: serving benchmark skipped)"; exit 0; fi
-VAE_MAX_BATCH_SIZE=64 VAE_MAX_BATCH_DELAY_MS=2 RUST_LOG=warn "$BIN" serve --device "$DEVICE" --addr 127.0.0.1:18380 \
+VAE_MAX_BATCH_SIZE=64 RUST_LOG=warn "$BIN" serve --device "$DEVICE" --addr 127.0.0.1:18380 \
   --models-dir models --database "$OUT/serve.db" --default-model mnist-ssvae 2> "$OUT/serve.log" &
 for _ in $(seq 300); do curl -fs http://127.0.0.1:18380/readyz >/dev/null 2>&1 && break; sleep 0.1; done
 "$PY" bench/digit_png.py "$DATA/mnist" "$OUT/digit.png"

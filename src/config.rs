@@ -86,8 +86,9 @@ pub struct ServeArgs {
     /// Rows (images or samples) that close an inference batch; 1 turns batching off.
     #[arg(long, env = "VAE_MAX_BATCH_SIZE", default_value_t = 64)]
     pub max_batch_size: usize,
-    /// Under load, how long a batch waits for more requests, in milliseconds (a lone request never waits).
-    #[arg(long, env = "VAE_MAX_BATCH_DELAY_MS", default_value_t = 2)]
+    /// Under load, how long a batch waits for more requests, in milliseconds (a lone request never
+    /// waits). 0: a batch is what queued while the model was busy, which serves best on CPU.
+    #[arg(long, env = "VAE_MAX_BATCH_DELAY_MS", default_value_t = 0)]
     pub max_batch_delay_ms: u64,
     /// Requests that may wait per model; beyond it requests get 503 with Retry-After.
     #[arg(long, env = "VAE_QUEUE_CAPACITY", default_value_t = 1024)]

@@ -16,6 +16,11 @@ pub struct ImageBatch {
 }
 
 impl ImageBatch {
+    /// Values in all images: channels × height × width × count.
+    pub fn size(&self) -> u64 {
+        self.pixels.len() as u64
+    }
+
     pub fn count(&self) -> usize {
         self.pixels.len() / self.shape.pixels().max(1) as usize
     }

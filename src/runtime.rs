@@ -132,15 +132,19 @@ pub fn set_torch_threads_of_this_thread(threads: usize) {
     tch::set_num_threads(threads.max(1) as i32);
 }
 
-/// Caps glibc's malloc arenas at two unless `MALLOC_ARENA_MAX` is set. glibc gives busy threads
-/// arenas of their own; with the blocking pool's threads coming and going under load, resident
-/// memory crept twice as fast with the default (the memory soak in BENCHMARKS.md).
+/// Caps glibc's malloc arenas at two per core unless `MALLOC_ARENA_MAX` is set. glibc's default
+/// (eight per core) let resident memory creep while the blocking pool's threads came and went
+/// under load; a cap of two in all made the request threads and the model thread queue for the
+/// allocator's locks. Two per core covers the runtime's workers (one per core) and as many model,
+/// training and blocking threads. `/classify` at concurrency 64 on 2 cores: 12.3k requests/s
+/// with 2 arenas, 18.0k with 4, 16.9k with 8 (BENCHMARKS.md).
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        let arenas = i32::try_from(2 * available_cores()).unwrap_or(i32::MAX);
         // SAFETY: mallopt only adjusts allocator parameters; it is called before the server starts.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Inference endpoints. Top-level forms use the default model; the same handlers answer under
 //! `/v1/models/{name}` and `/v1/models/{name}/versions/{version}`. Handlers validate, decode
-//! uploads (large ones on the blocking pool), hand the work to the model host and format its answer.
+//! uploads, hand the work to the model host and format its answer; image work
+//! beyond a few thousand pixels runs on the blocking pool.
 
 use std::collections::BTreeMap;
 
@@ -24,9 +25,18 @@ use crate::render::{self, ImageBatch};
 pub const MAX_SAMPLES: usize = 256;
 /// Largest width or height of an uploaded image, checked before decoding.
 pub const MAX_IMAGE_SIDE: u32 = 4096;
-/// Uploads up to this many pixels in all (a 64×64 image; an MNIST digit is 784) are decoded on
-/// the request's own thread: that takes microseconds, less than a hand-off to the blocking pool.
-const INLINE_DECODE_PIXELS: u64 = 64 * 64;
+/// Image work (decoding uploads, encoding PNGs) on up to this many pixels (a 64×64 image; an MNIST
+/// digit is 784) runs on the request's own thread: it takes microseconds, less than a hand-off to
+/// the blocking pool. Larger work goes to the pool, off the async runtime.
+const INLINE_IMAGE_PIXELS: u64 = 64 * 64;
+
+async fn image_work<T: Send + 'static>(pixels: u64, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    if pixels <= INLINE_IMAGE_PIXELS {
+        Ok(work())
+    } else {
+        blocking(work).await
+    }
+}
 
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-model");
 
@@ -193,11 +203,11 @@ async fn generated_response(info: &ModelInfo, outcome: Outcome, format: Format, 
     let model = model_header(info);
     match format {
         Format::Png => {
-            let png = blocking(move || render::png_bytes(&images.grid(columns))).await?;
+            let png = image_work(images.size(), move || render::png_bytes(&images.grid(columns))).await?;
             Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/png")), (MODEL_HEADER, model)], png).into_response())
         }
         Format::Json => {
-            let encoded = blocking(move || (0..images.count()).map(|i| base64_png(&images, i)).collect::<Vec<_>>()).await?;
+            let encoded = image_work(images.size(), move || (0..images.count()).map(|i| base64_png(&images, i)).collect::<Vec<_>>()).await?;
             let label_name = label.and_then(|l| info.config.label_names.get(l as usize).cloned());
             let body = GeneratedJson { model: info.id.clone(), label, label_name, images: encoded, latents };
             Ok(([(MODEL_HEADER, model)], Json(body)).into_response())
@@ -250,10 +260,10 @@ pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Que
     let batch = ImageBatch { shape, pixels: reconstructions.iter().flat_map(|r| r.pixels.iter().copied()).collect() };
     if query.format == Some(Format::Png) {
         let columns = render::square_columns(batch.count());
-        let png = blocking(move || render::png_bytes(&batch.grid(columns))).await?;
+        let png = image_work(batch.size(), move || render::png_bytes(&batch.grid(columns))).await?;
         return Ok((header, [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response());
     }
-    let pictures = blocking(move || (0..batch.count()).map(|i| base64_png(&batch, i)).collect::<Vec<_>>()).await?;
+    let pictures = image_work(batch.size(), move || (0..batch.count()).map(|i| base64_png(&batch, i)).collect::<Vec<_>>()).await?;
     let results = reconstructions
         .into_iter()
         .zip(conversions)
@@ -363,15 +373,15 @@ fn unexpected(outcome: Outcome) -> ApiError {
     ApiError::Internal(format!("the model answered with {kind}, not what the request asked for"))
 }
 
-/// Decodes and converts uploads to the model's shape on the blocking pool.
+/// Decodes and converts uploads to the model's shape.
 async fn decode_uploads(info: &ModelInfo, uploads: Uploads) -> Result<(Vec<Vec<f32>>, Vec<Conversion>), ApiError> {
     let headers = uploads.0.iter().enumerate().map(|(i, bytes)| input::read_header(i, bytes, MAX_IMAGE_SIDE)).collect::<Result<Vec<_>, _>>().map_err(input_error)?;
-    let small = headers.iter().map(input::Header::pixels).sum::<u64>() <= INLINE_DECODE_PIXELS;
+    let pixels = headers.iter().map(input::Header::pixels).sum();
     let shape = info.config.image.clone();
     let decode_all = move || {
         uploads.0.iter().zip(headers).enumerate().map(|(i, (bytes, header))| input::decode(i, bytes, header, &shape)).collect::<Result<Vec<_>, _>>()
     };
-    let decoded = if small { decode_all() } else { blocking(decode_all).await? };
+    let decoded = image_work(pixels, decode_all).await?;
     Ok(decoded.map_err(input_error)?.into_iter().unzip())
 }
 
