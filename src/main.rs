@@ -15,7 +15,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve(args) => {
             vae_serve::runtime::limit_malloc_arenas();
-            // Uploads are decoded on the blocking pool. Tokio's default cap of 512 threads lets the
+            // Large uploads are decoded on the blocking pool. Tokio's default cap of 512 threads lets the
             // pool grow with the connections under load, each thread keeping a stack and allocator
             // caches, for no throughput beyond a few threads per core.
             let blocking_threads = 4 * vae_serve::runtime::available_cores();

@@ -16,9 +16,10 @@ pub struct ImageBatch {
 }
 
 impl ImageBatch {
-    /// Values in all images: channels × height × width × count.
-    pub fn size(&self) -> u64 {
-        self.pixels.len() as u64
+    /// Pixel positions in all images (height × width × count), as `input::Header::pixels` counts
+    /// an upload's, so both measure image work alike.
+    pub fn area(&self) -> u64 {
+        (self.count() as i64 * self.shape.height * self.shape.width) as u64
     }
 
     pub fn count(&self) -> usize {

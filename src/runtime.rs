@@ -136,8 +136,8 @@ pub fn set_torch_threads_of_this_thread(threads: usize) {
 /// (eight per core) let resident memory creep while the blocking pool's threads came and went
 /// under load; a cap of two in all made the request threads and the model thread queue for the
 /// allocator's locks. Two per core covers the runtime's workers (one per core) and as many model,
-/// training and blocking threads. `/classify` at concurrency 64 on 2 cores: 12.3k requests/s
-/// with 2 arenas, 18.0k with 4, 16.9k with 8 (BENCHMARKS.md).
+/// training and blocking threads. `/classify` at concurrency 64 on 2 cores
+/// (`bench/serving_knobs.sh`, BENCHMARKS.md): 13.3k requests/s with 2 arenas, 18.2k with 4, 16.3k with 8.
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

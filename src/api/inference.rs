@@ -25,8 +25,8 @@ use crate::render::{self, ImageBatch};
 pub const MAX_SAMPLES: usize = 256;
 /// Largest width or height of an uploaded image, checked before decoding.
 pub const MAX_IMAGE_SIDE: u32 = 4096;
-/// Image work (decoding uploads, encoding PNGs) on up to this many pixels (a 64×64 image; an MNIST
-/// digit is 784) runs on the request's own thread: it takes microseconds, less than a hand-off to
+/// Image work (decoding uploads, encoding PNGs) on up to this many pixel positions in all (a 64×64
+/// image, grey or colour; an MNIST digit is 784) runs on the request's own thread: it takes microseconds, less than a hand-off to
 /// the blocking pool. Larger work goes to the pool, off the async runtime.
 const INLINE_IMAGE_PIXELS: u64 = 64 * 64;
 
@@ -203,11 +203,11 @@ async fn generated_response(info: &ModelInfo, outcome: Outcome, format: Format, 
     let model = model_header(info);
     match format {
         Format::Png => {
-            let png = image_work(images.size(), move || render::png_bytes(&images.grid(columns))).await?;
+            let png = image_work(images.area(), move || render::png_bytes(&images.grid(columns))).await?;
             Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/png")), (MODEL_HEADER, model)], png).into_response())
         }
         Format::Json => {
-            let encoded = image_work(images.size(), move || (0..images.count()).map(|i| base64_png(&images, i)).collect::<Vec<_>>()).await?;
+            let encoded = image_work(images.area(), move || (0..images.count()).map(|i| base64_png(&images, i)).collect::<Vec<_>>()).await?;
             let label_name = label.and_then(|l| info.config.label_names.get(l as usize).cloned());
             let body = GeneratedJson { model: info.id.clone(), label, label_name, images: encoded, latents };
             Ok(([(MODEL_HEADER, model)], Json(body)).into_response())
@@ -260,10 +260,10 @@ pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Que
     let batch = ImageBatch { shape, pixels: reconstructions.iter().flat_map(|r| r.pixels.iter().copied()).collect() };
     if query.format == Some(Format::Png) {
         let columns = render::square_columns(batch.count());
-        let png = image_work(batch.size(), move || render::png_bytes(&batch.grid(columns))).await?;
+        let png = image_work(batch.area(), move || render::png_bytes(&batch.grid(columns))).await?;
         return Ok((header, [(header::CONTENT_TYPE, HeaderValue::from_static("image/png"))], png).into_response());
     }
-    let pictures = image_work(batch.size(), move || (0..batch.count()).map(|i| base64_png(&batch, i)).collect::<Vec<_>>()).await?;
+    let pictures = image_work(batch.area(), move || (0..batch.count()).map(|i| base64_png(&batch, i)).collect::<Vec<_>>()).await?;
     let results = reconstructions
         .into_iter()
         .zip(conversions)

@@ -57,14 +57,18 @@ impl Resolver {
         let Ok(family_modified) = std::fs::metadata(self.models_dir.join(name)).and_then(|m| m.modified()) else {
             return resolve_model(&self.models_dir, spec);
         };
-        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(answer) = answers.get(spec).filter(|a| a.family_modified == family_modified && a.looked_up.elapsed() < MAX_AGE) {
-            return Ok((answer.id.clone(), answer.dir.clone()));
+        let remembered = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(spec).and_then(|a| {
+            (a.family_modified == family_modified && a.looked_up.elapsed() < MAX_AGE).then(|| (a.id.clone(), a.dir.clone()))
+        });
+        if let Some(answer) = remembered {
+            return Ok(answer);
         }
+        // Listed without the lock held, so other requests do not wait on this one's disk reads.
         let (id, dir) = resolve_model(&self.models_dir, spec)?;
         let settled = SystemTime::now().duration_since(family_modified).is_ok_and(|age| age > MTIME_GRANULARITY);
         if settled {
-            answers.insert(spec.to_string(), Answer { id: id.clone(), dir: dir.clone(), family_modified, looked_up: Instant::now() });
+            let answer = Answer { id: id.clone(), dir: dir.clone(), family_modified, looked_up: Instant::now() };
+            self.answers.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.to_string(), answer);
         }
         Ok((id, dir))
     }
