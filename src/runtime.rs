@@ -1,7 +1,7 @@
 //! libtorch start-up: CUDA library loading, device choice and CPU thread count, logged once.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use tch::{Cuda, Device};
@@ -77,7 +77,7 @@ impl TorchRuntime {
     }
 
     pub fn log(&self) {
-        tracing::info!(torch = torch_version(), libtorch_dir = LIBTORCH_LIB_DIR, "libtorch loaded");
+        tracing::info!(torch = torch_version(), libtorch_dir = %libtorch_dir().display(), "libtorch loaded");
         tracing::info!(device = ?self.device, cpu_threads = self.cpu_threads, cuda = %self.cuda_note, "compute device chosen");
     }
 }
@@ -92,13 +92,30 @@ pub fn available_cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
+/// The directory of the libtorch this process runs on: where the loader found libtorch_cpu.so (the
+/// build machine's path, or another through LD_LIBRARY_PATH on a machine the binary was carried
+/// to), else the build-time one.
+fn libtorch_dir() -> PathBuf {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    mapped_libtorch_dir(&maps).unwrap_or_else(|| PathBuf::from(LIBTORCH_LIB_DIR))
+}
+
+/// The directory of libtorch_cpu.so in a `/proc/<pid>/maps` listing.
+fn mapped_libtorch_dir(maps: &str) -> Option<PathBuf> {
+    maps.lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| path.ends_with("/libtorch_cpu.so"))
+        .and_then(|path| Path::new(path).parent())
+        .map(Path::to_path_buf)
+}
+
 /// The linker drops libtorch_cuda.so (nothing references it directly), so CUDA kernels only register
 /// when it is loaded into the global namespace before the first CUDA query.
 fn load_cuda_support() -> String {
     if !Path::new("/dev/nvidiactl").exists() && !Path::new("/dev/nvidia0").exists() {
         return "not used: no NVIDIA device nodes on this machine".to_string();
     }
-    let lib = Path::new(LIBTORCH_LIB_DIR).join("libtorch_cuda.so");
+    let lib = libtorch_dir().join("libtorch_cuda.so");
     if !lib.exists() {
         return format!("not used: {} not found (CPU-only libtorch)", lib.display());
     }
@@ -161,5 +178,15 @@ mod tests {
         assert_eq!("cuda:3".parse::<DeviceRequest>().unwrap(), DeviceRequest::Cuda(3));
         assert!("tpu".parse::<DeviceRequest>().is_err());
         assert!("cuda:x".parse::<DeviceRequest>().is_err());
+    }
+
+    #[test]
+    fn finds_the_libtorch_the_loader_mapped() {
+        let maps = "7f1c2a000000-7f1c2a400000 r-xp 00000000 08:01 123 /usr/lib/libc.so.6\n\
+                    7f1c30000000-7f1c3a000000 r-xp 00200000 08:01 456 /opt/venv/torch/lib/libtorch_cpu.so\n";
+        assert_eq!(mapped_libtorch_dir(maps), Some(PathBuf::from("/opt/venv/torch/lib")));
+        assert_eq!(mapped_libtorch_dir("7f1c2a000000-7f1c2a400000 rw-p 00000000 00:00 0\n"), None);
+        // This test binary links libtorch, so its own listing names the directory.
+        assert!(libtorch_dir().join("libtorch_cpu.so").exists());
     }
 }
