@@ -1,5 +1,5 @@
-//! The convolutional VAE with batch normalisation: strided 4×4 convolutions halve the image at
-//! each stage, transposed convolutions double it back. All work is in a few large libtorch
+//! The convolutional VAE with batch normalisation: strided convolutions halve the image at each
+//! stage (4×4 kernels on even sides, 3×3 on odd ones), transposed convolutions restore it. All work is in a few large libtorch
 //! kernels per layer, so an epoch costs a small multiple of the MLP's, not 100×.
 
 use tch::{nn, nn::Module, Tensor};
@@ -24,16 +24,21 @@ pub struct ConvVae {
 
 impl ConvVae {
     pub fn new(path: &nn::Path, config: ModelConfig, bn: &BnControl) -> Self {
-        let stages = config.conv_channels.len() as u32;
-        let (h, w) = (config.image.height >> stages, config.image.width >> stages);
+        // sides[i]: the [height, width] stage i halves; the last entry is the smallest map's.
+        let mut sides = vec![[config.image.height, config.image.width]];
+        for _ in &config.conv_channels {
+            let [h, w] = sides[sides.len() - 1];
+            sides.push([layers::halved(h), layers::halved(w)]);
+        }
         let deepest = *config.conv_channels.last().expect("validated: at least one stage");
+        let [h, w] = sides[sides.len() - 1];
         let bottleneck = [deepest, h, w];
         let flat = deepest * h * w;
         let enc = path / "encoder";
         let mut down = Vec::new();
         let mut channels = config.image.channels;
         for (i, &out) in config.conv_channels.iter().enumerate() {
-            down.push((layers::halving_conv(&enc / format!("conv{i}"), channels, out), BatchNorm::new(&enc / format!("conv_bn{i}"), out, bn)));
+            down.push((layers::halving_conv(&enc / format!("conv{i}"), channels, out, sides[i]), BatchNorm::new(&enc / format!("conv_bn{i}"), out, bn)));
             channels = out;
         }
         let encoder_fc = BnMlp::new(&enc, flat, &config.hidden, bn);
@@ -50,7 +55,7 @@ impl ConvVae {
         for (i, &input) in reversed.iter().enumerate() {
             let last = i + 1 == reversed.len();
             let out = if last { config.image.channels } else { reversed[i + 1] };
-            let tconv = layers::doubling_conv(&dec / format!("tconv{i}"), input, out);
+            let tconv = layers::doubling_conv(&dec / format!("tconv{i}"), input, out, sides[reversed.len() - 1 - i]);
             let norm = (!last).then(|| BatchNorm::new(&dec / format!("tconv_bn{i}"), out, bn));
             up.push((tconv, norm));
         }

@@ -15,38 +15,65 @@ pub fn linear(path: nn::Path, inputs: i64, outputs: i64) -> nn::Linear {
     nn::linear(path, inputs, outputs, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
 }
 
-/// 4×4 convolution with stride 2 and padding 1: halves height and width.
-pub fn halving_conv(path: nn::Path, inputs: i64, outputs: i64) -> nn::Conv2D {
-    let init = uniform(inputs * 16);
-    nn::conv2d(path, inputs, outputs, 4, nn::ConvConfig { stride: 2, padding: 1, ws_init: init, bs_init: init, ..Default::default() })
+/// Kernel side of a stride-2, padding-1 stage over a side of `length`: 4 halves an even side
+/// exactly (28 → 14), 3 halves an odd one rounding up (7 → 4). The transposed convolution with
+/// the same kernel restores the side exactly, so any side can take a stage.
+fn stage_kernel(length: i64) -> i64 {
+    if length % 2 == 0 {
+        4
+    } else {
+        3
+    }
 }
 
-/// 4×4 transposed convolution with stride 2 and padding 1: doubles height and width.
+/// A side after one halving stage.
+pub fn halved(length: i64) -> i64 {
+    (length + 1) / 2
+}
+
+/// Stride-2 convolution that halves an `[height, width]` input (see [`halved`]).
+pub fn halving_conv(path: nn::Path, inputs: i64, outputs: i64, [height, width]: [i64; 2]) -> nn::Conv2D {
+    let kernel = [stage_kernel(height), stage_kernel(width)];
+    let init = uniform(inputs * kernel[0] * kernel[1]);
+    let config = nn::ConvConfigND { stride: [2, 2], padding: [1, 1], dilation: [1, 1], groups: 1, bias: true, ws_init: init, bs_init: init, padding_mode: nn::PaddingMode::Zeros };
+    nn::conv(path, inputs, outputs, kernel, config)
+}
+
+/// Stride-2 transposed convolution that restores the `[height, width]` a [`halving_conv`] halved.
 #[derive(Debug)]
 pub struct DoublingConv {
-    layer: nn::ConvTranspose2D,
+    weight: Tensor,
+    bias: Tensor,
+    kernel: [i64; 2],
 }
 
-pub fn doubling_conv(path: nn::Path, inputs: i64, outputs: i64) -> DoublingConv {
+pub fn doubling_conv(path: nn::Path, inputs: i64, outputs: i64, [height, width]: [i64; 2]) -> DoublingConv {
+    let kernel = [stage_kernel(height), stage_kernel(width)];
     // PyTorch takes fan-in from the weight's second dimension, the output channels here.
-    let init = uniform(outputs * 16);
-    DoublingConv { layer: nn::conv_transpose2d(path, inputs, outputs, 4, nn::ConvTransposeConfig { stride: 2, padding: 1, ws_init: init, bs_init: init, ..Default::default() }) }
+    let init = uniform(outputs * kernel[0] * kernel[1]);
+    DoublingConv { weight: path.var("weight", &[inputs, outputs, kernel[0], kernel[1]], init), bias: path.var("bias", &[outputs], init), kernel }
 }
 
 /// Output channels at or below which the CPU forward pass uses ATen's own kernel.
 const FEW_OUTPUT_CHANNELS: i64 = 3;
 
+impl DoublingConv {
+    /// The general kernel: oneDNN on CPU, cuDNN on CUDA.
+    fn general(&self, x: &Tensor) -> Tensor {
+        x.conv_transpose2d(&self.weight, Some(&self.bias), [2, 2], [1, 1], [0, 0], 1, [1, 1])
+    }
+}
+
 impl Module for DoublingConv {
     fn forward(&self, x: &Tensor) -> Tensor {
-        let (weight, bias) = (&self.layer.ws, self.layer.bs.as_ref());
         // oneDNN's transposed convolution is slow when it writes only an image's 1 or 3 channels
         // (too few to fill its vector blocks): for 16→1 channels at 14×14, batch 100, 2 threads,
         // 1.6 ms against 0.6 ms for ATen's im2col kernel. The gradient is the same operator's
         // either way (convolution_backward, which oneDNN serves well), so only the forward kernel changes.
-        if x.device() == Device::Cpu && weight.size()[1] <= FEW_OUTPUT_CHANNELS {
-            x.slow_conv_transpose2d(weight, [4, 4], bias, [2, 2], [1, 1], [0, 0], [1, 1])
+        if x.device() == Device::Cpu && self.weight.size()[1] <= FEW_OUTPUT_CHANNELS {
+            x.slow_conv_transpose2d(&self.weight, self.kernel, Some(&self.bias), [2, 2], [1, 1], [0, 0], [1, 1])
         } else {
-            self.layer.forward(x)
+            self.general(x)
         }
     }
 }
@@ -57,19 +84,30 @@ mod tests {
     use tch::Kind;
 
     #[test]
+    fn a_doubling_stage_restores_the_side_a_halving_stage_halved() {
+        let vars = nn::VarStore::new(Device::Cpu);
+        for side in [4, 7, 14, 28, 9] {
+            let (down, up) = (halving_conv(vars.root() / format!("down{side}"), 2, 3, [side, 28]), doubling_conv(vars.root() / format!("up{side}"), 3, 2, [side, 28]));
+            let half = down.forward(&Tensor::zeros([1, 2, side, 28], (Kind::Float, Device::Cpu)));
+            assert_eq!(half.size(), [1, 3, halved(side), 14], "side {side}");
+            assert_eq!(up.forward(&half).size(), [1, 2, side, 28], "side {side}");
+        }
+    }
+
+    #[test]
     fn the_few_channel_kernel_gives_the_general_kernels_values_and_gradients() {
         let vars = nn::VarStore::new(Device::Cpu);
-        for outputs in [1, 3] {
-            let conv = doubling_conv(vars.root() / format!("up{outputs}"), 16, outputs);
-            let x = Tensor::randn([5, 16, 7, 7], (Kind::Float, Device::Cpu)).set_requires_grad(true);
-            let weight = &conv.layer.ws;
-            let upstream = Tensor::randn([5, outputs, 14, 14], (Kind::Float, Device::Cpu));
-            let gradients = |y: Tensor| Tensor::run_backward(&[(y * &upstream).sum(Kind::Float)], &[&x, weight], false, false);
-            let (ours, general) = (conv.forward(&x), conv.layer.forward(&x));
-            assert_eq!(ours.size(), [5, outputs, 14, 14]);
-            assert!(ours.allclose(&general, 1e-5, 1e-5, false), "{outputs} channels: outputs differ");
+        // Kernel 4 (7 → 14) and kernel 3 (4 → 7), to the channels of a grey and a colour image.
+        for (outputs, side) in [(1, 14), (3, 14), (1, 7), (3, 7)] {
+            let conv = doubling_conv(vars.root() / format!("up{outputs}_{side}"), 16, outputs, [side, side]);
+            let x = Tensor::randn([5, 16, halved(side), halved(side)], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+            let upstream = Tensor::randn([5, outputs, side, side], (Kind::Float, Device::Cpu));
+            let gradients = |y: Tensor| Tensor::run_backward(&[(y * &upstream).sum(Kind::Float)], &[&x, &conv.weight], false, false);
+            let (ours, general) = (conv.forward(&x), conv.general(&x));
+            assert_eq!(ours.size(), [5, outputs, side, side]);
+            assert!(ours.allclose(&general, 1e-5, 1e-5, false), "{outputs} channels, side {side}: outputs differ");
             for (a, b) in gradients(ours).iter().zip(gradients(general)) {
-                assert!(a.allclose(&b, 1e-4, 1e-5, false), "{outputs} channels: gradients differ");
+                assert!(a.allclose(&b, 1e-4, 1e-5, false), "{outputs} channels, side {side}: gradients differ");
             }
         }
     }

@@ -66,7 +66,7 @@ pub struct ModelConfig {
     pub latent_dim: i64,
     /// Hidden widths of the MLP parts (encoder order; the decoder mirrors them).
     pub hidden: Vec<i64>,
-    /// Channels of the conv stages (each halves height and width).
+    /// Channels of the conv stages (each halves height and width, rounding up).
     pub conv_channels: Vec<i64>,
     pub likelihood: Likelihood,
     /// Class names; their count is the label dimension of semi-supervised models.
@@ -107,13 +107,16 @@ impl ModelConfig {
             return fail(format!("image shape {channels}x{height}x{width}: channels must be 1 or 3, sides 4..=256"));
         }
         if self.architecture == Architecture::Conv {
-            let factor = 1i64 << self.conv_channels.len();
-            if self.conv_channels.is_empty() || height % factor != 0 || width % factor != 0 {
-                return fail(format!(
-                    "conv: {} stages halve the image {} times; {height}x{width} must be divisible by {factor}",
-                    self.conv_channels.len(),
-                    self.conv_channels.len()
-                ));
+            if self.conv_channels.is_empty() || self.conv_channels.iter().any(|&c| !(1..=1024).contains(&c)) {
+                return fail(format!("conv channels {:?} must be 1..=1024 and at least one stage", self.conv_channels));
+            }
+            // Every stage must have something to halve: sides of at least 2 going in.
+            let (mut h, mut w) = (height, width);
+            for _ in &self.conv_channels {
+                if h < 2 || w < 2 {
+                    return fail(format!("conv: {} stages halve the image {0} times; {height}x{width} is too small for that", self.conv_channels.len()));
+                }
+                (h, w) = (layers::halved(h), layers::halved(w));
             }
         }
         if self.architecture == Architecture::SemiSupervised && self.label_names.len() < 2 {
