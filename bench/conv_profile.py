@@ -1,6 +1,6 @@
 """Where a conv-VAE training step spends its time, by ATen operator: the PyTorch eager version of
-the default conv model (16,32 channels, hidden 512,256, latent 32, batch 100, Adam, 2 threads),
-30 profiled steps after 20 warm-up steps. Random inputs: only the time matters here.
+the conv model with 16,32 channels (the default when this was written), hidden 512,256, latent 32,
+batch 100, Adam, 2 threads; 30 profiled steps after 20 warm-up steps. Random inputs: only the time matters here.
 
     .venv/bin/python bench/conv_profile.py
 """

@@ -4,8 +4,8 @@
 # of a 60-epoch run for each seed (`--threads 1`, JOBS runs at a time, on QUALITY_DEVICE).
 #
 #   bench/conv_tradeoff.sh [ROUNDS] [VARIANT...]     VARIANT: extra `train` flags, quoted
-#   bench/conv_tradeoff.sh 3 "" "--conv-channels 16,16"                   (the default, and 16,16)
-#   SEEDS="0 1 2" bench/conv_tradeoff.sh 3 "" "--conv-channels 16,16"     (about 25 minutes on 2 cores)
+#   bench/conv_tradeoff.sh 3 "" "--conv-channels 16,32"                   (the default 16,16, and 16,32)
+#   SEEDS="0 1 2" bench/conv_tradeoff.sh 3 "" "--optimizer rmsprop --learning-rate 2.5e-4"   (about 15 minutes on 2 cores)
 #   SEEDS="0 1 2" JOBS=12 QUALITY_DEVICE=cuda BIN=.device/vae-serve DATA=.device/data \
 #     bench/conv_tradeoff.sh 0 "" "--ema-decay 0.999"                      (quality only, on a GPU)
 #
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}
 shift || true
 VARIANTS=("$@")
-[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("" "--conv-channels 16,16")
+[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=("" "--optimizer rmsprop --learning-rate 2.5e-4")
 BIN=${BIN:-./target/release/vae-serve}
 DATA=${DATA:-../shared/data}
 JOBS=${JOBS:-2}

@@ -40,11 +40,11 @@ def with_decoder_upsampling(up):
 torch.manual_seed(0)
 variants = {
     "MLP 512,256 (reference)": lambda: MlpVae([512, 256], 32),
-    "conv 16,32, hidden 512,256 (default)": lambda: ConvVae([512, 256], 32, [16, 32]),
-    "default, channels-last tensors": None,
-    "default, sub-pixel upsampling (conv + pixel shuffle)": lambda: with_decoder_upsampling(nn.Sequential(
+    "conv 16,32, hidden 512,256 (the default then)": lambda: ConvVae([512, 256], 32, [16, 32]),
+    "16,32, channels-last tensors": None,
+    "16,32, sub-pixel upsampling (conv + pixel shuffle)": lambda: with_decoder_upsampling(nn.Sequential(
         nn.Conv2d(32, 16 * 4, 3, 1, 1), nn.PixelShuffle(2), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 4, 3, 1, 1), nn.PixelShuffle(2))),
-    "default, resize-convolution upsampling": lambda: with_decoder_upsampling(nn.Sequential(
+    "16,32, resize-convolution upsampling": lambda: with_decoder_upsampling(nn.Sequential(
         nn.Upsample(scale_factor=2), nn.Conv2d(32, 16, 3, 1, 1), nn.BatchNorm2d(16), nn.ReLU(), nn.Upsample(scale_factor=2), nn.Conv2d(16, 1, 3, 1, 1))),
     "conv 16,32, hidden 512": lambda: ConvVae([512], 32, [16, 32]),
     "conv 16,32, hidden 256": lambda: ConvVae([256], 32, [16, 32]),

@@ -170,7 +170,7 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", default="512,256")
     p.add_argument("--latent-dim", type=int, default=32)
-    p.add_argument("--conv-channels", default="16,32")
+    p.add_argument("--conv-channels", default="16,16")
     p.add_argument("--labeled", type=int, default=100, help="semi-supervised: labelled examples, balanced")
     p.add_argument("--classifier-weight", type=float, default=10.0, help="semi-supervised: α, as vae-serve train's default")
     p.add_argument("--validation-fraction", type=float, default=0.0)

@@ -84,7 +84,7 @@ impl Default for ModelConfig {
             image: ImageShape::MNIST,
             latent_dim: 32,
             hidden: vec![512, 256],
-            conv_channels: vec![16, 32],
+            conv_channels: vec![16, 16],
             likelihood: Likelihood::Bernoulli,
             label_names: (0..10).map(|d| d.to_string()).collect(),
             unlabeled_objective: UnlabeledObjective::Marginalize,

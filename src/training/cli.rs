@@ -72,7 +72,7 @@ pub struct TrainArgs {
     pub latent_dim: i64,
     #[arg(long, value_delimiter = ',', default_value = "512,256")]
     pub hidden: Vec<i64>,
-    #[arg(long, value_delimiter = ',', default_value = "16,32")]
+    #[arg(long, value_delimiter = ',', default_value = "16,16")]
     pub conv_channels: Vec<i64>,
     #[arg(long, value_enum, default_value_t = LikelihoodArg::Bernoulli)]
     pub likelihood: LikelihoodArg,
