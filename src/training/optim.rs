@@ -21,8 +21,11 @@ use tch::{nn::VarStore, Kind, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum OptimizerKind {
+    /// SGD with Nesterov momentum.
     Sgd,
+    /// "Rescaling" RMSprop with Nesterov momentum, the 2015 project's (the conv model trains best with it at learning rate 2.5e-4).
     Rmsprop,
+    /// Adam.
     Adam,
 }
 
