@@ -126,7 +126,9 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
         }
     }
 
-    // One decoder pass for every code to decode: samples and interpolations.
+    // One decoder pass for every code to decode: samples and interpolations. Codes are planned
+    // on the CPU and go to the device together: per request, a GPU would otherwise launch
+    // kernels and wait for a copy back.
     let mut codes: Vec<(usize, Tensor, Option<Tensor>, Option<i64>)> = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let planned = match task {
@@ -140,21 +142,21 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
         }
     }
     if !codes.is_empty() {
-        let z = Tensor::cat(&codes.iter().map(|(_, z, _, _)| z.shallow_clone()).collect::<Vec<_>>(), 0);
+        let z = Tensor::cat(&codes.iter().map(|(_, z, _, _)| z.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device);
         let config = model.model.config();
         let y = (config.architecture == Architecture::SemiSupervised).then(|| {
             let k = config.num_classes();
             let parts: Vec<Tensor> = codes
                 .iter()
-                .map(|(_, z, y, _)| y.as_ref().map(|y| y.shallow_clone()).unwrap_or_else(|| Tensor::full([z.size()[0], k], 1.0 / k as f64, (Kind::Float, device))))
+                .map(|(_, z, y, _)| y.as_ref().map(|y| y.shallow_clone()).unwrap_or_else(|| Tensor::full([z.size()[0], k], 1.0 / k as f64, (Kind::Float, Device::Cpu))))
                 .collect();
-            Tensor::cat(&parts, 0)
+            Tensor::cat(&parts, 0).to_device(device)
         });
         let images = models::intensities(config, &model.model.decode(&z, y.as_ref(), false)).to_device(Device::Cpu);
         let mut offset = 0;
         for (i, z, _, label) in codes {
             let n = z.size()[0];
-            let latents = Vec::<Vec<f32>>::try_from(z.to_device(Device::Cpu)).expect("float codes");
+            let latents = Vec::<Vec<f32>>::try_from(z).expect("float codes");
             let images = models::to_image_batch(&shape, &images.narrow(0, offset, n));
             results[i] = Some(Ok(Outcome::Generated(Generated { images, latents, label })));
             offset += n;
@@ -215,23 +217,25 @@ impl Analyses {
     }
 }
 
+/// Codes `[n, latent]`, labels `[n, K]` when given, and the clamped label: CPU tensors.
 type Plan = Result<(Tensor, Option<Tensor>, Option<i64>), InferenceError>;
 
 fn one_hot(model: &LoadedModel, label: i64, rows: i64) -> Tensor {
     let k = model.model.config().num_classes();
-    Tensor::full([rows], label, (Kind::Int64, model.vars.device())).one_hot(k).to_kind(Kind::Float)
+    Tensor::full([rows], label, (Kind::Int64, Device::Cpu)).one_hot(k).to_kind(Kind::Float)
 }
 
 fn label_of(model: &LoadedModel, given: &str) -> Result<i64, InferenceError> {
     models::resolve_label(model.model.config(), given).map_err(|e| InferenceError::BadRequest(e.to_string()))
 }
 
-/// Codes z ~ N(0, T²I) drawn from `seed` alone, so a request gets the same samples in any batch.
+/// Codes z ~ N(0, T²I) drawn from `seed` alone by the CPU generator, so a request gets the same
+/// samples in any batch and on any device.
 fn plan_sample(model: &LoadedModel, n: usize, label: Option<&str>, temperature: f64, seed: u64) -> Plan {
     let label = label.map(|l| label_of(model, l)).transpose()?;
     tch::manual_seed(seed as i64);
     let latent = model.model.config().latent_dim;
-    let z = Tensor::randn([n as i64, latent], (Kind::Float, model.vars.device())) * temperature;
+    let z = Tensor::randn([n as i64, latent], (Kind::Float, Device::Cpu)) * temperature;
     let y = label.map(|l| one_hot(model, l, n as i64));
     Ok((z, y, label))
 }
@@ -239,23 +243,22 @@ fn plan_sample(model: &LoadedModel, n: usize, label: Option<&str>, temperature: 
 /// Between two labels: one code, the label blended from one class to the other. Between two
 /// images: their posterior means joined by a straight line (labels blended likewise).
 fn plan_interpolation(model: &LoadedModel, from: &Endpoint, to: &Endpoint, steps: usize, seed: u64) -> Plan {
-    let device = model.vars.device();
-    let weights = Tensor::linspace(0.0, 1.0, steps as i64, (Kind::Float, device)).unsqueeze(1);
+    let weights = Tensor::linspace(0.0, 1.0, steps as i64, (Kind::Float, Device::Cpu)).unsqueeze(1);
     let blend = |a: &Tensor, b: &Tensor| a * (1.0 - &weights) + b * &weights;
     match (from, to) {
         (Endpoint::Label(a), Endpoint::Label(b)) => {
             let (a, b) = (label_of(model, a)?, label_of(model, b)?);
             tch::manual_seed(seed as i64);
-            let z = Tensor::randn([1, model.model.config().latent_dim], (Kind::Float, device)).repeat([steps as i64, 1]);
+            let z = Tensor::randn([1, model.model.config().latent_dim], (Kind::Float, Device::Cpu)).repeat([steps as i64, 1]);
             Ok((z, Some(blend(&one_hot(model, a, 1), &one_hot(model, b, 1))), None))
         }
         (Endpoint::Image(a), Endpoint::Image(b)) => {
             let [c, h, w] = model.model.config().image.dims();
-            let x = Tensor::from_slice(&[a.as_slice(), b.as_slice()].concat()).view([2, c, h, w]).to_device(device);
-            let mean = model.model.encode(&x, false).mean;
+            let x = Tensor::from_slice(&[a.as_slice(), b.as_slice()].concat()).view([2, c, h, w]).to_device(model.vars.device());
+            let mean = model.model.encode(&x, false).mean.to_device(Device::Cpu);
             let z = blend(&mean.get(0).unsqueeze(0), &mean.get(1).unsqueeze(0));
             let y = model.model.classify(&x, false).map(|logits| {
-                let p = logits.softmax(1, Kind::Float);
+                let p = logits.softmax(1, Kind::Float).to_device(Device::Cpu);
                 blend(&p.get(0).unsqueeze(0), &p.get(1).unsqueeze(0))
             });
             Ok((z, y, None))
