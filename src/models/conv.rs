@@ -1,6 +1,7 @@
 //! The convolutional VAE with batch normalisation: strided convolutions halve the image at each
-//! stage (4×4 kernels on even sides, 3×3 on odd ones), transposed convolutions restore it. All work is in a few large libtorch
-//! kernels per layer, so an epoch costs a small multiple of the MLP's, not 100×.
+//! stage (4×4 kernels on even sides, 3×3 on odd ones), transposed convolutions restore it. All
+//! work is in a few large libtorch kernels per layer, so an epoch costs a small multiple of the
+//! MLP's, not 100×.
 
 use tch::{nn, nn::Module, Tensor};
 

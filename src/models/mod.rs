@@ -238,3 +238,25 @@ pub fn to_image_batch(shape: &ImageShape, images: &Tensor) -> crate::render::Ima
     let pixels = Vec::<f32>::try_from(images.to_device(tch::Device::Cpu).contiguous().view([-1])).expect("float pixels");
     crate::render::ImageBatch { shape: shape.clone(), pixels }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conv_stages_fit_any_side_of_at_least_two() {
+        let conv = |channels: &[i64], side: i64| ModelConfig {
+            architecture: Architecture::Conv,
+            conv_channels: channels.to_vec(),
+            image: ImageShape { channels: 1, height: side, width: side },
+            ..Default::default()
+        };
+        // 28 → 14 → 7 → 4 → 2 → 1: five stages fit, a sixth has nothing left to halve.
+        assert!(conv(&[16, 16, 16], 28).validate().is_ok());
+        assert!(conv(&[8; 5], 28).validate().is_ok());
+        let too_many = conv(&[8; 6], 28).validate().unwrap_err().to_string();
+        assert!(too_many.contains("28x28 is too small"), "{too_many}");
+        assert!(conv(&[], 28).validate().is_err());
+        assert!(conv(&[16, 0], 28).validate().is_err());
+    }
+}
