@@ -25,12 +25,7 @@ pub struct ConvVae {
 
 impl ConvVae {
     pub fn new(path: &nn::Path, config: ModelConfig, bn: &BnControl) -> Self {
-        // sides[i]: the [height, width] stage i halves; the last entry is the smallest map's.
-        let mut sides = vec![[config.image.height, config.image.width]];
-        for _ in &config.conv_channels {
-            let [h, w] = sides[sides.len() - 1];
-            sides.push([layers::halved(h), layers::halved(w)]);
-        }
+        let sides = layers::stage_sides(config.image.height, config.image.width, config.conv_channels.len());
         let deepest = *config.conv_channels.last().expect("validated: at least one stage");
         let [h, w] = sides[sides.len() - 1];
         let bottleneck = [deepest, h, w];

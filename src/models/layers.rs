@@ -27,11 +27,16 @@ fn stage_kernel(length: i64) -> i64 {
 }
 
 /// A side after one halving stage.
-pub fn halved(length: i64) -> i64 {
+fn halved(length: i64) -> i64 {
     (length + 1) / 2
 }
 
-/// Stride-2 convolution that halves an `[height, width]` input (see [`halved`]).
+/// The `[height, width]` going into each of `stages` halving stages, then the smallest map's.
+pub fn stage_sides(height: i64, width: i64, stages: usize) -> Vec<[i64; 2]> {
+    std::iter::successors(Some([height, width]), |&[h, w]| Some([halved(h), halved(w)])).take(stages + 1).collect()
+}
+
+/// Stride-2 convolution that halves an `[height, width]` input (see [`stage_sides`]).
 pub fn halving_conv(path: nn::Path, inputs: i64, outputs: i64, [height, width]: [i64; 2]) -> nn::Conv2D {
     let kernel = [stage_kernel(height), stage_kernel(width)];
     let init = uniform(inputs * kernel[0] * kernel[1]);
@@ -82,6 +87,12 @@ impl Module for DoublingConv {
 mod tests {
     use super::*;
     use tch::Kind;
+
+    #[test]
+    fn stage_sides_halve_rounding_up() {
+        assert_eq!(stage_sides(28, 28, 3), [[28, 28], [14, 14], [7, 7], [4, 4]]);
+        assert_eq!(stage_sides(9, 32, 2), [[9, 32], [5, 16], [3, 8]]);
+    }
 
     #[test]
     fn a_doubling_stage_restores_the_side_a_halving_stage_halved() {

@@ -111,12 +111,9 @@ impl ModelConfig {
                 return fail(format!("conv channels {:?} must be 1..=1024 and at least one stage", self.conv_channels));
             }
             // Every stage must have something to halve: sides of at least 2 going in.
-            let (mut h, mut w) = (height, width);
-            for _ in &self.conv_channels {
-                if h < 2 || w < 2 {
-                    return fail(format!("conv: {} stages halve the image {0} times; {height}x{width} is too small for that", self.conv_channels.len()));
-                }
-                (h, w) = (layers::halved(h), layers::halved(w));
+            let stages = self.conv_channels.len();
+            if layers::stage_sides(height, width, stages)[..stages].iter().any(|&[h, w]| h < 2 || w < 2) {
+                return fail(format!("conv: {stages} stages halve the image {stages} times; {height}x{width} is too small for that"));
             }
         }
         if self.architecture == Architecture::SemiSupervised && self.label_names.len() < 2 {
