@@ -47,6 +47,8 @@ impl fmt::Display for DeviceRequest {
 /// What start-up found and chose; logged and reported by /readyz.
 #[derive(Debug, Clone)]
 pub struct TorchRuntime {
+    /// Where the libtorch this process runs on lives.
+    pub libtorch_dir: PathBuf,
     pub device: Device,
     pub cpu_threads: usize,
     pub cuda_note: String,
@@ -55,9 +57,10 @@ pub struct TorchRuntime {
 impl TorchRuntime {
     /// Loads CUDA support when it can help, picks the device and sets torch's CPU threads.
     pub fn init(request: DeviceRequest, threads: usize) -> anyhow::Result<Self> {
+        let libtorch_dir = libtorch_dir();
         let cuda_note = match request {
             DeviceRequest::Cpu => "not wanted: device=cpu".to_string(),
-            _ => load_cuda_support(),
+            _ => load_cuda_support(&libtorch_dir),
         };
         let device = match request {
             DeviceRequest::Cpu => Device::Cpu,
@@ -73,11 +76,11 @@ impl TorchRuntime {
         tch::set_num_threads(cpu_threads as i32);
         // Inter-op parallelism would add a second pool competing for the same cores.
         tch::set_num_interop_threads(1);
-        Ok(Self { device, cpu_threads, cuda_note })
+        Ok(Self { libtorch_dir, device, cpu_threads, cuda_note })
     }
 
     pub fn log(&self) {
-        tracing::info!(torch = torch_version(), libtorch_dir = %libtorch_dir().display(), "libtorch loaded");
+        tracing::info!(torch = torch_version(), libtorch_dir = %self.libtorch_dir.display(), "libtorch loaded");
         tracing::info!(device = ?self.device, cpu_threads = self.cpu_threads, cuda = %self.cuda_note, "compute device chosen");
     }
 }
@@ -111,11 +114,11 @@ fn mapped_libtorch_dir(maps: &str) -> Option<PathBuf> {
 
 /// The linker drops libtorch_cuda.so (nothing references it directly), so CUDA kernels only register
 /// when it is loaded into the global namespace before the first CUDA query.
-fn load_cuda_support() -> String {
+fn load_cuda_support(libtorch_dir: &Path) -> String {
     if !Path::new("/dev/nvidiactl").exists() && !Path::new("/dev/nvidia0").exists() {
         return "not used: no NVIDIA device nodes on this machine".to_string();
     }
-    let lib = libtorch_dir().join("libtorch_cuda.so");
+    let lib = libtorch_dir.join("libtorch_cuda.so");
     if !lib.exists() {
         return format!("not used: {} not found (CPU-only libtorch)", lib.display());
     }
