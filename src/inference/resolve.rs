@@ -19,6 +19,11 @@ const MTIME_GRANULARITY: Duration = Duration::from_millis(100);
 /// Finds `name` (latest version) or `name@N` under `models_dir`: its id and directory.
 pub fn resolve_model(models_dir: &Path, spec: &str) -> Result<(String, PathBuf), String> {
     let (name, wanted) = parse_spec(spec)?;
+    find(models_dir, spec, name, wanted)
+}
+
+/// Lists `name`'s versions for `spec` once parsed.
+fn find(models_dir: &Path, spec: &str, name: &str, wanted: Option<u32>) -> Result<(String, PathBuf), String> {
     artifact::find_version(models_dir, name, wanted)
         .map_err(|e| e.to_string())?
         .map(|(v, path)| (format!("{name}@{v}"), path))
@@ -51,11 +56,11 @@ impl Resolver {
     }
 
     pub fn resolve(&self, spec: &str) -> Result<(String, PathBuf), String> {
-        let (name, _) = parse_spec(spec)?;
+        let (name, wanted) = parse_spec(spec)?;
         artifact::validate_name(name).map_err(|e| e.to_string())?;
         // Read before listing: a change during the listing then shows as a new time next call.
         let Ok(family_modified) = std::fs::metadata(self.models_dir.join(name)).and_then(|m| m.modified()) else {
-            return resolve_model(&self.models_dir, spec);
+            return find(&self.models_dir, spec, name, wanted);
         };
         let remembered = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(spec).and_then(|a| {
             (a.family_modified == family_modified && a.looked_up.elapsed() < MAX_AGE).then(|| (a.id.clone(), a.dir.clone()))
@@ -64,7 +69,7 @@ impl Resolver {
             return Ok(answer);
         }
         // Listed without the lock held, so other requests do not wait on this one's disk reads.
-        let (id, dir) = resolve_model(&self.models_dir, spec)?;
+        let (id, dir) = find(&self.models_dir, spec, name, wanted)?;
         let settled = SystemTime::now().duration_since(family_modified).is_ok_and(|age| age > MTIME_GRANULARITY);
         if settled {
             let answer = Answer { id: id.clone(), dir: dir.clone(), family_modified, looked_up: Instant::now() };
