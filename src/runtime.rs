@@ -123,12 +123,8 @@ fn load_cuda_support(libtorch_dir: &Path) -> String {
         return format!("not used: {} not found (CPU-only libtorch)", lib.display());
     }
     // SAFETY: loading a shared library runs its initialisers; libtorch_cuda is designed for that.
-    let loaded = unsafe {
-        libloading::os::unix::Library::open(
-            Some(&lib),
-            libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL,
-        )
-    };
+    let loaded =
+        unsafe { libloading::os::unix::Library::open(Some(&lib), libloading::os::unix::RTLD_NOW | libloading::os::unix::RTLD_GLOBAL) };
     match loaded {
         Ok(library) => {
             // Kept loaded for the life of the process.

@@ -49,7 +49,8 @@ impl Metrics {
         )
         .expect("static metric definition");
         let latency = |name: &str, help: &str| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["model"]).expect("static metric definition")
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["model"])
+                .expect("static metric definition")
         };
         let inference_queue_seconds = latency("vae_inference_queue_seconds", "Time requests wait in a model's queue");
         let inference_seconds = latency("vae_inference_batch_seconds", "Time a model takes to run one batch");
@@ -65,7 +66,10 @@ impl Metrics {
         )
         .expect("static metric definition");
         let malloc_bytes = IntGaugeVec::new(
-            Opts::new("vae_malloc_bytes", "C heap (glibc malloc, all arenas): bytes in live allocations (in_use) and free bytes it keeps (free)"),
+            Opts::new(
+                "vae_malloc_bytes",
+                "C heap (glibc malloc, all arenas): bytes in live allocations (in_use) and free bytes it keeps (free)",
+            ),
             &["state"],
         )
         .expect("static metric definition");
@@ -81,10 +85,17 @@ impl Metrics {
             registry.register(collector).expect("registered once");
         }
         // Conventional process_* metrics: CPU seconds, resident memory, open fds, start time.
-        registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
-            .expect("registered once");
-        Self { registry, http_requests, http_duration, inference_queue_seconds, inference_seconds, inference_batch_size, inference_requests, malloc_bytes }
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self())).expect("registered once");
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            inference_queue_seconds,
+            inference_seconds,
+            inference_batch_size,
+            inference_requests,
+            malloc_bytes,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

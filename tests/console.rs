@@ -18,7 +18,12 @@ fn keyed_env() -> Vec<(String, String)> {
 #[test]
 fn console_files_are_served_cached_and_public() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerOptions { models_dir: Some(models_with_default(dir.path())), default_model: "mnist-ssvae".into(), env: keyed_env(), ..Default::default() });
+    let server = Server::start(ServerOptions {
+        models_dir: Some(models_with_default(dir.path())),
+        default_model: "mnist-ssvae".into(),
+        env: keyed_env(),
+        ..Default::default()
+    });
     let http = client();
     let page = http.get(server.url("/")).send().unwrap();
     assert_eq!(page.status(), 200, "the page needs no key even when reads do");
@@ -48,9 +53,18 @@ fn console_works_end_to_end_in_headless_chromium() {
         "the browser test needs Debian's chromium and playwright-core: run scripts/setup-browser-tests.sh (make test does)"
     );
     let dir = tempfile::tempdir().unwrap();
-    let open = Server::start(ServerOptions { models_dir: Some(models_with_default(dir.path())), default_model: "mnist-ssvae".into(), ..Default::default() });
+    let open = Server::start(ServerOptions {
+        models_dir: Some(models_with_default(dir.path())),
+        default_model: "mnist-ssvae".into(),
+        ..Default::default()
+    });
     let keyed_dir = tempfile::tempdir().unwrap();
-    let keyed = Server::start(ServerOptions { models_dir: Some(models_with_default(keyed_dir.path())), default_model: "mnist-ssvae".into(), env: keyed_env(), ..Default::default() });
+    let keyed = Server::start(ServerOptions {
+        models_dir: Some(models_with_default(keyed_dir.path())),
+        default_model: "mnist-ssvae".into(),
+        env: keyed_env(),
+        ..Default::default()
+    });
     open.wait_ready();
     let (digit, label) = test_digits(1).remove(0);
     let digit_path = dir.path().join("digit.png");

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models");
 
 fn shipped_server(env: Vec<(String, String)>) -> Server {
-    let server = Server::start(ServerOptions { models_dir: Some(SHIPPED.into()), default_model: "mnist-ssvae".into(), env, ..Default::default() });
+    let server =
+        Server::start(ServerOptions { models_dir: Some(SHIPPED.into()), default_model: "mnist-ssvae".into(), env, ..Default::default() });
     server.wait_ready();
     server
 }
@@ -50,7 +51,8 @@ fn classification_of_the_shipped_model_is_accurate_over_http_in_every_input_form
 
     // The same digit through a raw body, multipart (two images) and a data-URL JSON body.
     let (png, label) = &digits[0];
-    let raw: Value = http.post(server.url("/classify")).header("content-type", "image/png").body(png.clone()).send().unwrap().json().unwrap();
+    let raw: Value =
+        http.post(server.url("/classify")).header("content-type", "image/png").body(png.clone()).send().unwrap().json().unwrap();
     let form = multipart::Form::new()
         .part("image", multipart::Part::bytes(png.clone()).file_name("a.png"))
         .part("image", multipart::Part::bytes(digits[1].0.clone()).file_name("b.png"));
@@ -70,13 +72,19 @@ fn classification_of_the_shipped_model_is_accurate_over_http_in_every_input_form
     }
     assert_eq!(raw["results"][0]["label"].as_i64().unwrap(), *label);
     assert_eq!(raw["results"][0]["name"], label.to_string());
-    assert_eq!(raw["results"][0]["conversion"], json!({"format": "png", "original_width": 28, "original_height": 28, "resized": false, "colour_converted": false}));
+    assert_eq!(
+        raw["results"][0]["conversion"],
+        json!({"format": "png", "original_width": 28, "original_height": 28, "resized": false, "colour_converted": false})
+    );
 
     // Colour and size are converted, and the answer says so.
-    let big = image::DynamicImage::ImageLuma8(image::load_from_memory(png).unwrap().to_luma8()).resize_exact(56, 56, image::imageops::FilterType::Triangle).to_rgb8();
+    let big = image::DynamicImage::ImageLuma8(image::load_from_memory(png).unwrap().to_luma8())
+        .resize_exact(56, 56, image::imageops::FilterType::Triangle)
+        .to_rgb8();
     let mut big_png = Cursor::new(Vec::new());
     big.write_to(&mut big_png, image::ImageFormat::Png).unwrap();
-    let converted: Value = http.post(server.url("/classify")).header("content-type", "image/png").body(big_png.into_inner()).send().unwrap().json().unwrap();
+    let converted: Value =
+        http.post(server.url("/classify")).header("content-type", "image/png").body(big_png.into_inner()).send().unwrap().json().unwrap();
     assert_eq!(converted["results"][0]["conversion"]["resized"], true);
     assert_eq!(converted["results"][0]["conversion"]["colour_converted"], true);
     assert_eq!(converted["results"][0]["label"].as_i64().unwrap(), *label);
@@ -95,7 +103,10 @@ fn reconstructions_resemble_their_inputs_and_encodings_are_batch_independent() {
         let bytes = base64::engine::general_purpose::STANDARD.decode(b64png).unwrap();
         image::load_from_memory(&bytes).unwrap().to_luma8().into_raw().into_iter().map(|v| v as f32 / 255.0).collect()
     };
-    let originals: Vec<Vec<f32>> = digits.iter().map(|(png, _)| image::load_from_memory(png).unwrap().to_luma8().into_raw().into_iter().map(|v| v as f32 / 255.0).collect()).collect();
+    let originals: Vec<Vec<f32>> = digits
+        .iter()
+        .map(|(png, _)| image::load_from_memory(png).unwrap().to_luma8().into_raw().into_iter().map(|v| v as f32 / 255.0).collect())
+        .collect();
     let distance = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum::<f32>();
     for (i, result) in results.iter().enumerate() {
         let reconstruction = pixels(result["reconstruction"].as_str().unwrap());
@@ -103,7 +114,8 @@ fn reconstructions_resemble_their_inputs_and_encodings_are_batch_independent() {
         for (j, other) in originals.iter().enumerate().filter(|(j, _)| *j != i) {
             assert!(own < distance(&reconstruction, other), "reconstruction {i} is closer to digit {j} than to its input");
         }
-        let (error, kl, elbo) = (result["reconstruction_error"].as_f64().unwrap(), result["kl"].as_f64().unwrap(), result["elbo"].as_f64().unwrap());
+        let (error, kl, elbo) =
+            (result["reconstruction_error"].as_f64().unwrap(), result["kl"].as_f64().unwrap(), result["elbo"].as_f64().unwrap());
         assert!(error > 0.0 && kl > 0.0 && (elbo + error + kl).abs() < 1e-6);
         assert!(elbo > -300.0, "ELBO {elbo} of a test digit");
     }
@@ -116,8 +128,11 @@ fn reconstructions_resemble_their_inputs_and_encodings_are_batch_independent() {
 
     // Encoding one image alone equals encoding it among others.
     let together: Value = http.post(server.url("/encode")).json(&body).send().unwrap().json().unwrap();
-    let alone: Value = http.post(server.url("/encode")).header("content-type", "image/png").body(digits[3].0.clone()).send().unwrap().json().unwrap();
-    let close = |a: &Value, b: &Value| a.as_array().unwrap().iter().zip(b.as_array().unwrap()).all(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4);
+    let alone: Value =
+        http.post(server.url("/encode")).header("content-type", "image/png").body(digits[3].0.clone()).send().unwrap().json().unwrap();
+    let close = |a: &Value, b: &Value| {
+        a.as_array().unwrap().iter().zip(b.as_array().unwrap()).all(|(x, y)| (x.as_f64().unwrap() - y.as_f64().unwrap()).abs() < 1e-4)
+    };
     assert!(close(&alone["results"][0]["mean"], &together["results"][3]["mean"]));
     assert!(close(&alone["results"][0]["log_var"], &together["results"][3]["log_var"]));
     assert_eq!(alone["results"][0]["mean"].as_array().unwrap().len(), 32);
@@ -140,7 +155,8 @@ fn sampling_and_interpolation_by_label_name_and_image() {
     }
     // Samples of a class are classified as that class by the same model (mostly).
     let samples: Value = http.get(server.url("/sample?label=3&n=32&seed=1&format=json&temperature=0.5")).send().unwrap().json().unwrap();
-    let classified: Value = http.post(server.url("/classify")).json(&json!({ "images": samples["images"] })).send().unwrap().json().unwrap();
+    let classified: Value =
+        http.post(server.url("/classify")).json(&json!({ "images": samples["images"] })).send().unwrap().json().unwrap();
     let threes = classified["results"].as_array().unwrap().iter().filter(|r| r["label"] == 3).count();
     assert!(threes >= 24, "{threes}/32 samples of class 3 are classified as 3");
 
@@ -150,10 +166,13 @@ fn sampling_and_interpolation_by_label_name_and_image() {
     assert_eq!((strip.width(), strip.height()), (10 * 30 + 2, 30 + 2));
 
     let digits = test_digits(2);
-    let form = multipart::Form::new().part("image", multipart::Part::bytes(digits[0].0.clone())).part("image", multipart::Part::bytes(digits[1].0.clone()));
+    let form = multipart::Form::new()
+        .part("image", multipart::Part::bytes(digits[0].0.clone()))
+        .part("image", multipart::Part::bytes(digits[1].0.clone()));
     let between: Value = http.post(server.url("/interpolate?steps=5&format=json")).multipart(form).send().unwrap().json().unwrap();
     assert_eq!(between["images"].as_array().unwrap().len(), 5);
-    let ends: Value = http.post(server.url("/encode")).json(&json!({"images": [b64(&digits[0].0), b64(&digits[1].0)]})).send().unwrap().json().unwrap();
+    let ends: Value =
+        http.post(server.url("/encode")).json(&json!({"images": [b64(&digits[0].0), b64(&digits[1].0)]})).send().unwrap().json().unwrap();
     let first: Vec<f64> = between["latents"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     let start: Vec<f64> = ends["results"][0]["mean"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
     assert!(first.iter().zip(&start).all(|(a, b)| (a - b).abs() < 1e-4), "the strip starts at the first image's code");
@@ -170,7 +189,9 @@ fn bad_input_gets_clear_problems_and_never_hurts_the_worker() {
     let server = shipped_server(vec![("VAE_MAX_BODY_BYTES".into(), "50000".into())]);
     let http = client();
     let digit = test_digits(1).remove(0).0;
-    let post = |path: &str, content_type: &str, body: Vec<u8>| http.post(server.url(path)).header("content-type", content_type).body(body).send().unwrap();
+    let post = |path: &str, content_type: &str, body: Vec<u8>| {
+        http.post(server.url(path)).header("content-type", content_type).body(body).send().unwrap()
+    };
 
     assert!(problem(post("/classify", "image/png", b"not a png at all".to_vec()), 415).contains("unsupported"));
     assert!(problem(post("/classify", "text/plain", digit.clone()), 415).contains("text/plain"));
@@ -179,7 +200,9 @@ fn bad_input_gets_clear_problems_and_never_hurts_the_worker() {
     let mut truncated = digit.clone();
     truncated.truncate(digit.len() / 2);
     assert!(problem(post("/reconstruct", "image/png", truncated), 400).contains("cannot decode"));
-    assert!(problem(post("/encode", "application/json", b"{\"images\": [\"%%%\"]}".to_vec()), 400).contains("images[0] is not valid base64"));
+    assert!(
+        problem(post("/encode", "application/json", b"{\"images\": [\"%%%\"]}".to_vec()), 400).contains("images[0] is not valid base64")
+    );
     assert!(problem(post("/encode", "application/json", b"{\"pictures\": []}".to_vec()), 400).contains("invalid JSON"));
     let too_many = json!({ "images": vec![b64(&digit); 65] });
     assert!(problem(http.post(server.url("/encode")).json(&too_many).send().unwrap(), 400).contains("more than the 64"));
@@ -208,7 +231,25 @@ fn bad_input_gets_clear_problems_and_never_hurts_the_worker() {
 fn an_unconditional_model_refuses_labels_and_classification_with_a_pointer() {
     let dir = tempfile::tempdir().unwrap();
     let output = std::process::Command::new(common::BINARY)
-        .args(["train", "--device", "cpu", "--dataset", "mnist", "--architecture", "mlp", "--name", "plain", "--epochs", "1", "--max-train", "500", "--hidden", "32", "--latent-dim", "4"])
+        .args([
+            "train",
+            "--device",
+            "cpu",
+            "--dataset",
+            "mnist",
+            "--architecture",
+            "mlp",
+            "--name",
+            "plain",
+            "--epochs",
+            "1",
+            "--max-train",
+            "500",
+            "--hidden",
+            "32",
+            "--latent-dim",
+            "4",
+        ])
         .arg("--models-dir")
         .arg(dir.path())
         .arg("--data-dir")
@@ -216,7 +257,8 @@ fn an_unconditional_model_refuses_labels_and_classification_with_a_pointer() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let server = Server::start(ServerOptions { models_dir: Some(dir.path().to_path_buf()), default_model: "plain".into(), ..Default::default() });
+    let server =
+        Server::start(ServerOptions { models_dir: Some(dir.path().to_path_buf()), default_model: "plain".into(), ..Default::default() });
     server.wait_ready();
     let http = client();
     assert!(problem(http.get(server.url("/sample?label=3")).send().unwrap(), 400).contains("no labels"));
@@ -231,11 +273,14 @@ fn an_unconditional_model_refuses_labels_and_classification_with_a_pointer() {
 
 /// What a request to `endpoint` answers for `png`: the numbers that must not depend on batching.
 fn answer_numbers(base: &str, endpoint: &str, png: Vec<u8>) -> Vec<f64> {
-    let answer: Value = client().post(format!("{base}{endpoint}")).header("content-type", "image/png").body(png).send().unwrap().json().unwrap();
+    let answer: Value =
+        client().post(format!("{base}{endpoint}")).header("content-type", "image/png").body(png).send().unwrap().json().unwrap();
     let result = &answer["results"][0];
     match endpoint {
         "/classify" => result["probabilities"].as_object().unwrap().values().map(|p| p.as_f64().unwrap()).collect(),
-        "/encode" => result["mean"].as_array().unwrap().iter().chain(result["log_var"].as_array().unwrap()).map(|v| v.as_f64().unwrap()).collect(),
+        "/encode" => {
+            result["mean"].as_array().unwrap().iter().chain(result["log_var"].as_array().unwrap()).map(|v| v.as_f64().unwrap()).collect()
+        }
         _ => vec![result["elbo"].as_f64().unwrap(), result["kl"].as_f64().unwrap()],
     }
 }
@@ -261,7 +306,11 @@ fn two_hundred_concurrent_requests_are_batched_and_all_answered_correctly() {
         let want = &expected[i % 60];
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < 1e-3 * w.abs().max(1.0), "request {i} ({}): batched answer {g} differs from the lone one {w}", endpoint(i));
+            assert!(
+                (g - w).abs() < 1e-3 * w.abs().max(1.0),
+                "request {i} ({}): batched answer {g} differs from the lone one {w}",
+                endpoint(i)
+            );
         }
     }
     let http = client();

@@ -39,7 +39,8 @@ fn submit(server: &Server, body: &Value) -> reqwest::blocking::Response {
 fn a_job_trains_publishes_and_its_model_is_served_while_sampling_stays_fast() {
     let dir = tempfile::tempdir().unwrap();
     let models = models_with_default(dir.path());
-    let server = Server::start(ServerOptions { models_dir: Some(models.clone()), default_model: "mnist-ssvae".into(), ..Default::default() });
+    let server =
+        Server::start(ServerOptions { models_dir: Some(models.clone()), default_model: "mnist-ssvae".into(), ..Default::default() });
     server.wait_ready();
     let http = client();
 
@@ -57,7 +58,9 @@ fn a_job_trains_publishes_and_its_model_is_served_while_sampling_stays_fast() {
     // Server-Sent Events: a snapshot, then per-epoch events, then `finished`.
     let events = http.get(server.url(&format!("/v1/jobs/{id}/events"))).send().unwrap();
     assert_eq!(events.headers()["content-type"], "text/event-stream");
-    let reader = std::thread::spawn(move || BufReader::new(events).lines().map_while(Result::ok).filter(|l| l.starts_with("event:")).collect::<Vec<_>>());
+    let reader = std::thread::spawn(move || {
+        BufReader::new(events).lines().map_while(Result::ok).filter(|l| l.starts_with("event:")).collect::<Vec<_>>()
+    });
 
     // While the job trains, inference stays responsive.
     let running = wait_for_state(&server, id, &["running", "succeeded"], Duration::from_secs(60));
@@ -95,7 +98,11 @@ fn a_job_trains_publishes_and_its_model_is_served_while_sampling_stays_fast() {
     let sample = http.get(server.url("/v1/models/job-model/sample?n=4")).send().unwrap();
     assert_eq!((sample.status().as_u16(), sample.headers()["x-model"].to_str().unwrap()), (200, "job-model@1"));
     assert!(models.join("job-model/v1/model.safetensors").is_file());
-    assert!(std::fs::read_dir(models.join("job-model")).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".staging")));
+    assert!(std::fs::read_dir(models.join("job-model")).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .starts_with(".staging")));
 
     let listed: Value = http.get(server.url("/v1/jobs?state=succeeded")).send().unwrap().json().unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 1);
@@ -118,7 +125,10 @@ fn a_job_trains_publishes_and_its_model_is_served_while_sampling_stays_fast() {
 
 #[test]
 fn invalid_requests_name_the_field_and_a_full_queue_answers_429() {
-    let server = Server::start(ServerOptions { env: vec![("VAE_MAX_QUEUED_JOBS".into(), "1".into()), ("VAE_TRAIN_WORKERS".into(), "1".into())], ..Default::default() });
+    let server = Server::start(ServerOptions {
+        env: vec![("VAE_MAX_QUEUED_JOBS".into(), "1".into()), ("VAE_TRAIN_WORKERS".into(), "1".into())],
+        ..Default::default()
+    });
     let detail = |response: reqwest::blocking::Response, status: u16| {
         assert_eq!(response.status().as_u16(), status);
         assert_eq!(response.headers()["content-type"], "application/problem+json");
@@ -145,7 +155,8 @@ fn invalid_requests_name_the_field_and_a_full_queue_answers_429() {
     assert!(detail(submit(&server, &missing), 422).starts_with("dataset:"));
     assert!(detail(submit(&server, &tiny_job("x", 5000, 500)), 422).contains("VAE_MAX_EPOCHS"));
     assert!(detail(submit(&server, &tiny_job("x", 1, 2_000_000)), 422).starts_with("data.max_train"));
-    assert!(detail(client().post(server.url("/train")).header("content-type", "application/json").body("{").send().unwrap(), 400).contains("JSON"));
+    assert!(detail(client().post(server.url("/train")).header("content-type", "application/json").body("{").send().unwrap(), 400)
+        .contains("JSON"));
 
     // One long job runs, one waits; the next is refused with Retry-After.
     let long = submit(&server, &tiny_job("long", 500, 4000)).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();

@@ -78,7 +78,8 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
     assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1"), "{metrics}");
     assert!(metrics.contains("# TYPE vae_http_request_duration_seconds histogram"));
     assert!(metrics.contains("process_resident_memory_bytes"));
-    let heap_in_use: f64 = metrics.lines().find_map(|l| l.strip_prefix("vae_malloc_bytes{state=\"in_use\"} ")).expect("C heap gauge").parse().unwrap();
+    let heap_in_use: f64 =
+        metrics.lines().find_map(|l| l.strip_prefix("vae_malloc_bytes{state=\"in_use\"} ")).expect("C heap gauge").parse().unwrap();
     assert!(heap_in_use > 1e6, "a loaded libtorch holds more than a megabyte of C heap, got {heap_in_use}");
     for line in metrics.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let value = line.rsplit(' ').next().unwrap();
@@ -88,7 +89,8 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
 
 #[test]
 fn openapi_is_served_documented_and_in_sync_with_the_committed_file() {
-    let committed: Value = serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap()).unwrap();
+    let committed: Value =
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi/openapi.json")).unwrap()).unwrap();
     let generated = std::process::Command::new(common::BINARY).arg("openapi").output().unwrap();
     assert!(generated.status.success());
     let generated: Value = serde_json::from_slice(&generated.stdout).unwrap();

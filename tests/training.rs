@@ -119,7 +119,10 @@ fn a_published_model_loads_with_bit_identical_outputs_and_rejects_mismatched_wei
 fn resuming_from_a_checkpoint_equals_an_uninterrupted_run() {
     let _lock = TORCH_RNG.lock().unwrap_or_else(|p| p.into_inner());
     let splits = mnist(1000);
-    let options = TrainOptions { optimizer: OptimizerConfig { kind: OptimizerKind::Rmsprop, learning_rate: 1e-3, ..Default::default() }, ..small(Architecture::SemiSupervised, 3) };
+    let options = TrainOptions {
+        optimizer: OptimizerConfig { kind: OptimizerKind::Rmsprop, learning_rate: 1e-3, ..Default::default() },
+        ..small(Architecture::SemiSupervised, 3)
+    };
 
     let straight = train(&options, &splits, Device::Cpu, None, &CancelToken::default(), &mut quiet).unwrap();
 
@@ -134,7 +137,10 @@ fn resuming_from_a_checkpoint_equals_an_uninterrupted_run() {
     assert!(matches!(interrupted, Err(TrainError::Cancelled { completed_epochs: 2 })));
     let resumed = train(&options, &splits, Device::Cpu, Some(&checkpoint), &CancelToken::default(), &mut quiet).unwrap();
     assert_eq!(resumed.history.len(), 3);
-    assert_eq!(resumed.history[..2].iter().map(|m| m.loss).collect::<Vec<_>>(), straight.history[..2].iter().map(|m| m.loss).collect::<Vec<_>>());
+    assert_eq!(
+        resumed.history[..2].iter().map(|m| m.loss).collect::<Vec<_>>(),
+        straight.history[..2].iter().map(|m| m.loss).collect::<Vec<_>>()
+    );
     assert_eq!(resumed.history[2].loss, straight.history[2].loss);
     let (a, b) = (straight.model.vars.variables(), resumed.model.vars.variables());
     for (name, tensor) in &a {

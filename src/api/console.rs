@@ -40,7 +40,8 @@ pub async fn asset(Path(name): Path<String>, headers: HeaderMap) -> Response {
 /// revalidate cheaply and never show stale code after an upgrade.
 fn respond(asset: &Asset, headers: &HeaderMap) -> Response {
     let etag = format!("\"{:016x}\"", fnv1a(asset.body.as_bytes()));
-    let cache = [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")), (header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"))];
+    let cache =
+        [(header::CACHE_CONTROL, HeaderValue::from_static("no-cache")), (header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"))];
     if headers.get(header::IF_NONE_MATCH).is_some_and(|v| v.as_bytes() == etag.as_bytes()) {
         return (StatusCode::NOT_MODIFIED, cache).into_response();
     }

@@ -168,7 +168,11 @@ fn steps(query: &InterpolateQuery) -> Result<usize, ApiError> {
     (status = 200, description = "a PNG strip or JSON", content((Vec<u8> = "image/png"), (GeneratedJson = "application/json"))),
     (status = 400, description = "missing or unknown labels, or a model without labels", body = Problem, content_type = "application/problem+json"),
 ))]
-pub async fn interpolate_labels(State(state): State<AppState>, Model(model): Model, Query(query): Query<InterpolateQuery>) -> Result<Response, ApiError> {
+pub async fn interpolate_labels(
+    State(state): State<AppState>,
+    Model(model): Model,
+    Query(query): Query<InterpolateQuery>,
+) -> Result<Response, ApiError> {
     let steps = steps(&query)?;
     let (Some(from), Some(to)) = (query.from.clone(), query.to.clone()) else {
         return Err(ApiError::BadRequest("give both `from` and `to` labels (or POST two images)".into()));
@@ -185,7 +189,12 @@ pub async fn interpolate_labels(State(state): State<AppState>, Model(model): Mod
     (status = 400, description = "not exactly two images, or an image that cannot be decoded", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "unsupported content or image type", body = Problem, content_type = "application/problem+json"),
 ))]
-pub async fn interpolate_images(State(state): State<AppState>, Model(model): Model, Query(query): Query<InterpolateQuery>, uploads: Uploads) -> Result<Response, ApiError> {
+pub async fn interpolate_images(
+    State(state): State<AppState>,
+    Model(model): Model,
+    Query(query): Query<InterpolateQuery>,
+    uploads: Uploads,
+) -> Result<Response, ApiError> {
     let steps = steps(&query)?;
     if uploads.0.len() != 2 {
         return Err(ApiError::BadRequest(format!("interpolation needs exactly two images, got {}", uploads.0.len())));
@@ -207,7 +216,8 @@ async fn generated_response(info: &ModelInfo, outcome: Outcome, format: Format, 
             Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("image/png")), (MODEL_HEADER, model)], png).into_response())
         }
         Format::Json => {
-            let encoded = image_work(images.area(), move || (0..images.count()).map(|i| base64_png(&images, i)).collect::<Vec<_>>()).await?;
+            let encoded =
+                image_work(images.area(), move || (0..images.count()).map(|i| base64_png(&images, i)).collect::<Vec<_>>()).await?;
             let label_name = label.and_then(|l| info.config.label_names.get(l as usize).cloned());
             let body = GeneratedJson { model: info.id.clone(), label, label_name, images: encoded, latents };
             Ok(([(MODEL_HEADER, model)], Json(body)).into_response())
@@ -250,7 +260,12 @@ pub struct ReconstructResponse {
     (status = 413, description = "body too large", body = Problem, content_type = "application/problem+json"),
     (status = 415, description = "unsupported content or image type", body = Problem, content_type = "application/problem+json"),
 ))]
-pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Query(query): Query<ReconstructQuery>, uploads: Uploads) -> Result<Response, ApiError> {
+pub async fn reconstruct(
+    State(state): State<AppState>,
+    Model(model): Model,
+    Query(query): Query<ReconstructQuery>,
+    uploads: Uploads,
+) -> Result<Response, ApiError> {
     let model = state.models.get(&model).await?;
     let (outcome, conversions) = analyse(&model, uploads, Want::Reconstruction).await?;
     let info = model.info();
@@ -268,7 +283,13 @@ pub async fn reconstruct(State(state): State<AppState>, Model(model): Model, Que
         .into_iter()
         .zip(conversions)
         .zip(pictures)
-        .map(|((r, conversion), reconstruction)| Reconstruction { reconstruction, reconstruction_error: r.reconstruction_error, kl: r.kl, elbo: r.elbo, conversion })
+        .map(|((r, conversion), reconstruction)| Reconstruction {
+            reconstruction,
+            reconstruction_error: r.reconstruction_error,
+            kl: r.kl,
+            elbo: r.elbo,
+            conversion,
+        })
         .collect();
     Ok((header, Json(ReconstructResponse { model: info.id.clone(), results })).into_response())
 }
@@ -351,7 +372,11 @@ pub async fn encode(State(state): State<AppState>, Model(model): Model, uploads:
     let (outcome, conversions) = analyse(&model, uploads, Want::Code).await?;
     let info = model.info();
     let Outcome::Encoded(codes) = outcome else { return Err(unexpected(outcome)) };
-    let results = codes.into_iter().zip(conversions).map(|(code, conversion)| Encoding { mean: code.mean, log_var: code.log_var, conversion }).collect();
+    let results = codes
+        .into_iter()
+        .zip(conversions)
+        .map(|(code, conversion)| Encoding { mean: code.mean, log_var: code.log_var, conversion })
+        .collect();
     Ok(([(MODEL_HEADER, model_header(info))], Json(EncodeResponse { model: info.id.clone(), results })).into_response())
 }
 
@@ -375,11 +400,23 @@ fn unexpected(outcome: Outcome) -> ApiError {
 
 /// Decodes and converts uploads to the model's shape.
 async fn decode_uploads(info: &ModelInfo, uploads: Uploads) -> Result<(Vec<Vec<f32>>, Vec<Conversion>), ApiError> {
-    let headers = uploads.0.iter().enumerate().map(|(i, bytes)| input::read_header(i, bytes, MAX_IMAGE_SIDE)).collect::<Result<Vec<_>, _>>().map_err(input_error)?;
+    let headers = uploads
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, bytes)| input::read_header(i, bytes, MAX_IMAGE_SIDE))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(input_error)?;
     let pixels = headers.iter().map(input::Header::pixels).sum();
     let shape = info.config.image.clone();
     let decode_all = move || {
-        uploads.0.iter().zip(headers).enumerate().map(|(i, (bytes, header))| input::decode(i, bytes, header, &shape)).collect::<Result<Vec<_>, _>>()
+        uploads
+            .0
+            .iter()
+            .zip(headers)
+            .enumerate()
+            .map(|(i, (bytes, header))| input::decode(i, bytes, header, &shape))
+            .collect::<Result<Vec<_>, _>>()
     };
     let decoded = image_work(pixels, decode_all).await?;
     Ok(decoded.map_err(input_error)?.into_iter().unzip())
@@ -406,7 +443,9 @@ impl From<InferenceError> for ApiError {
             InferenceError::BadRequest(detail) => ApiError::BadRequest(detail),
             InferenceError::NotFound(detail) => ApiError::NotFound(detail),
             InferenceError::Overloaded(_) => ApiError::Unavailable { detail: error.to_string(), retry_after_secs: 1 },
-            InferenceError::LoadFailed { .. } | InferenceError::WorkerGone => ApiError::Unavailable { detail: error.to_string(), retry_after_secs: 5 },
+            InferenceError::LoadFailed { .. } | InferenceError::WorkerGone => {
+                ApiError::Unavailable { detail: error.to_string(), retry_after_secs: 5 }
+            }
             InferenceError::Model(e) => ApiError::Internal(e.to_string()),
         }
     }

@@ -11,8 +11,8 @@ use futures_util::stream::{self, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::problem::{ApiError, Problem};
 use super::inference::parse_version;
+use super::problem::{ApiError, Problem};
 use super::{blocking, AppState};
 use crate::jobs::{JobError, JobEvent};
 use crate::models::artifact::{self, Manifest};
@@ -113,7 +113,10 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Resul
     (status = 200, description = "text/event-stream of JSON events", content_type = "text/event-stream", body = String),
     (status = 404, body = Problem, content_type = "application/problem+json"),
 ))]
-pub async fn events(State(state): State<AppState>, Path(id): Path<i64>) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+pub async fn events(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     // Subscribe before reading the snapshot, so no event falls between the two.
     let receiver = state.jobs.subscribe(id);
     let jobs = state.jobs.clone();
@@ -181,7 +184,13 @@ fn entries(state: &AppState, filter: Option<&str>) -> Vec<ModelEntry> {
             default: name == default_name,
             versions: versions
                 .into_iter()
-                .map(|(version, m)| VersionSummary { version, architecture: m.config.architecture, dataset: m.dataset, metrics: m.metrics, created_at: m.created_at.to_rfc3339() })
+                .map(|(version, m)| VersionSummary {
+                    version,
+                    architecture: m.config.architecture,
+                    dataset: m.dataset,
+                    metrics: m.metrics,
+                    created_at: m.created_at.to_rfc3339(),
+                })
                 .collect(),
             name,
         })
@@ -200,7 +209,8 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<Vec<Model
     (status = 404, body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<ModelEntry>, ApiError> {
-    let found = blocking(move || entries(&state, Some(&name)).pop().ok_or_else(|| ApiError::NotFound(format!("no model named `{name}`")))).await??;
+    let found = blocking(move || entries(&state, Some(&name)).pop().ok_or_else(|| ApiError::NotFound(format!("no model named `{name}`"))))
+        .await??;
     Ok(Json(found))
 }
 
@@ -257,7 +267,9 @@ pub async fn delete_version(State(state): State<AppState>, Path((name, version))
     let default_spec = state.models.default_spec();
     let serving = crate::inference::resolve_model(&state.models_dir, &default_spec).map(|(id, _)| id).ok();
     if serving.as_deref() == Some(id.as_str()) {
-        return Err(ApiError::Conflict(format!("{id} is the default model; choose another default first (PUT /v1/models/{{name}}/default)")));
+        return Err(ApiError::Conflict(format!(
+            "{id} is the default model; choose another default first (PUT /v1/models/{{name}}/default)"
+        )));
     }
     let models_dir = state.models_dir.clone();
     blocking(move || artifact::remove(&models_dir, &name, version).map_err(|e| ApiError::NotFound(e.to_string()))).await??;

@@ -36,7 +36,12 @@ impl<S: Send + Sync> FromRequest<S> for Uploads {
             while let Some(field) = multipart.next_field().await.map_err(|e| ApiError::BadRequest(e.body_text()))? {
                 match field.name() {
                     Some("image") => images.push(field.bytes().await.map_err(|e| ApiError::BadRequest(e.body_text()))?),
-                    other => return Err(ApiError::BadRequest(format!("unexpected form field {:?}: send images in fields named `image`", other.unwrap_or("")))),
+                    other => {
+                        return Err(ApiError::BadRequest(format!(
+                            "unexpected form field {:?}: send images in fields named `image`",
+                            other.unwrap_or("")
+                        )))
+                    }
                 }
                 check_count(images.len())?;
             }
@@ -50,7 +55,10 @@ impl<S: Send + Sync> FromRequest<S> for Uploads {
                 .enumerate()
                 .map(|(i, text)| {
                     let data = text.split_once("base64,").map_or(text.as_str(), |(_, d)| d).trim();
-                    base64::engine::general_purpose::STANDARD.decode(data).map(Bytes::from).map_err(|e| ApiError::BadRequest(format!("images[{i}] is not valid base64: {e}")))
+                    base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .map(Bytes::from)
+                        .map_err(|e| ApiError::BadRequest(format!("images[{i}] is not valid base64: {e}")))
                 })
                 .collect::<Result<Vec<_>, _>>()?
         } else if essence.starts_with("image/") || essence == "application/octet-stream" {

@@ -38,10 +38,7 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
     if rank == 0 || bytes.len() < header {
         return Err(bad("truncated header".into()));
     }
-    let dims: Vec<usize> = bytes[4..header]
-        .chunks_exact(4)
-        .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize)
-        .collect();
+    let dims: Vec<usize> = bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
     let expected = dims.iter().product::<usize>();
     let data = &bytes[header..];
     if data.len() != expected {

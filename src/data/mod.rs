@@ -275,9 +275,7 @@ fn read_idx_pair(dir: &Path, prefix: &str) -> Result<Dataset, DataError> {
 fn idx_label_names(dir: &Path) -> Vec<String> {
     let fashion = dir.to_string_lossy().to_ascii_lowercase().contains("fashion");
     if fashion {
-        ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
-            .map(String::from)
-            .to_vec()
+        ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"].map(String::from).to_vec()
     } else {
         (0..10).map(|d| d.to_string()).collect()
     }
@@ -285,9 +283,7 @@ fn idx_label_names(dir: &Path) -> Vec<String> {
 
 /// `../shared/data` seen from the crate root: where tests find real data.
 pub fn shared_data_dir() -> PathBuf {
-    std::env::var_os("VAE_TEST_DATA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
+    std::env::var_os("VAE_TEST_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data"))
 }
 
 #[cfg(test)]
@@ -323,7 +319,10 @@ mod tests {
     #[test]
     fn unknown_dataset_names_every_place_tried() {
         let err = resolve("no-such-set", Path::new("/tmp/nowhere")).unwrap_err().to_string();
-        assert!(err.contains("/tmp/nowhere/no-such-set") && err.contains("/usr/share/datasets/no-such-set") && err.contains("pass a path"), "{err}");
+        assert!(
+            err.contains("/tmp/nowhere/no-such-set") && err.contains("/usr/share/datasets/no-such-set") && err.contains("pass a path"),
+            "{err}"
+        );
         // No mirror for unknown names: resolve_or_download gives the same answer without a download.
         assert_eq!(resolve_or_download("no-such-set", Path::new("/tmp/nowhere")).unwrap_err().to_string(), err);
         assert_eq!(check_obtainable("no-such-set", Path::new("/tmp/nowhere")).unwrap_err().to_string(), err);

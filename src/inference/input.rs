@@ -59,7 +59,9 @@ pub fn read_header(index: usize, bytes: &[u8], max_side: u32) -> Result<Header, 
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::WebP) {
         return Err(InputError::UnsupportedFormat { index });
     }
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format).into_dimensions().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
     if width > max_side || height > max_side {
         return Err(InputError::TooLarge { index, width, height, limit: max_side });
     }
@@ -70,7 +72,8 @@ pub fn read_header(index: usize, bytes: &[u8], max_side: u32) -> Result<Header, 
 /// pixels C×H×W in [0, 1].
 pub fn decode(index: usize, bytes: &[u8], header: Header, shape: &ImageShape) -> Result<(Vec<f32>, Conversion), InputError> {
     let Header { format, width, height } = header;
-    let image = ImageReader::with_format(Cursor::new(bytes), format).decode().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+    let image =
+        ImageReader::with_format(Cursor::new(bytes), format).decode().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
     let grey = !image.color().has_color();
     let conversion = Conversion {
         format: format.extensions_str().first().copied().unwrap_or("image").to_string(),
@@ -99,7 +102,10 @@ mod tests {
         let (pixels, conversion) = read(0, &png_bytes(&rgb), &MNIST, 4096).unwrap();
         assert_eq!(pixels.len(), 784);
         assert!(pixels.iter().all(|&p| (p - 1.0).abs() < 1e-6));
-        assert_eq!(conversion, Conversion { format: "png".into(), original_width: 56, original_height: 40, resized: true, colour_converted: true });
+        assert_eq!(
+            conversion,
+            Conversion { format: "png".into(), original_width: 56, original_height: 40, resized: true, colour_converted: true }
+        );
         let grey = image::DynamicImage::ImageLuma8(image::GrayImage::new(28, 28));
         let (_, conversion) = read(0, &png_bytes(&grey), &MNIST, 4096).unwrap();
         assert!(!conversion.resized && !conversion.colour_converted);

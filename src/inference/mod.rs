@@ -81,10 +81,23 @@ pub enum Endpoint {
 /// Work for a model thread.
 #[derive(Debug, Clone)]
 pub enum Task {
-    Sample { n: usize, label: Option<String>, temperature: f64, seed: u64 },
-    Interpolate { from: Endpoint, to: Endpoint, steps: usize, seed: u64 },
+    Sample {
+        n: usize,
+        label: Option<String>,
+        temperature: f64,
+        seed: u64,
+    },
+    Interpolate {
+        from: Endpoint,
+        to: Endpoint,
+        steps: usize,
+        seed: u64,
+    },
     /// Images in the model's shape, C×H×W each, and what the caller wants to know about them.
-    Analyse { images: Vec<Vec<f32>>, want: Want },
+    Analyse {
+        images: Vec<Vec<f32>>,
+        want: Want,
+    },
 }
 
 /// What an analysis of uploaded images produces. The worker runs only the parts of the model
@@ -223,7 +236,16 @@ impl ModelHost {
     /// Starts loading the default model right away, so readiness follows start-up closely.
     pub fn start(models_dir: PathBuf, default_model: String, device: Device, batching: BatchingConfig, metrics: Arc<Metrics>) -> Self {
         let default_model = std::sync::RwLock::new(default_model);
-        let host = Self { inner: Arc::new(HostInner { models: Resolver::new(models_dir), default_model, device, batching, metrics, workers: Mutex::new(HashMap::new()) }) };
+        let host = Self {
+            inner: Arc::new(HostInner {
+                models: Resolver::new(models_dir),
+                default_model,
+                device,
+                batching,
+                metrics,
+                workers: Mutex::new(HashMap::new()),
+            }),
+        };
         if let Err(error) = host.worker(&ModelRef::Default, false) {
             tracing::warn!(%error, "default model not available");
         }

@@ -62,9 +62,10 @@ impl Resolver {
         let Ok(family_modified) = std::fs::metadata(self.models_dir.join(name)).and_then(|m| m.modified()) else {
             return find(&self.models_dir, spec, name, wanted);
         };
-        let remembered = self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(spec).and_then(|a| {
-            (a.family_modified == family_modified && a.looked_up.elapsed() < MAX_AGE).then(|| (a.id.clone(), a.dir.clone()))
-        });
+        let remembered =
+            self.answers.lock().unwrap_or_else(|p| p.into_inner()).get(spec).and_then(|a| {
+                (a.family_modified == family_modified && a.looked_up.elapsed() < MAX_AGE).then(|| (a.id.clone(), a.dir.clone()))
+            });
         if let Some(answer) = remembered {
             return Ok(answer);
         }

@@ -148,7 +148,11 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
             let k = config.num_classes();
             let parts: Vec<Tensor> = codes
                 .iter()
-                .map(|(_, z, y, _)| y.as_ref().map(|y| y.shallow_clone()).unwrap_or_else(|| Tensor::full([z.size()[0], k], 1.0 / k as f64, (Kind::Float, Device::Cpu))))
+                .map(|(_, z, y, _)| {
+                    y.as_ref()
+                        .map(|y| y.shallow_clone())
+                        .unwrap_or_else(|| Tensor::full([z.size()[0], k], 1.0 / k as f64, (Kind::Float, Device::Cpu)))
+                })
                 .collect();
             Tensor::cat(&parts, 0).to_device(device)
         });

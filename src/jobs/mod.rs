@@ -77,11 +77,20 @@ impl JobQueue {
             tracing::info!(jobs = resumed, "jobs interrupted by a restart are queued again and resume from their checkpoints");
         }
         let queue = Self {
-            inner: Arc::new(Inner { store, config, wake: (Mutex::new(false), Condvar::new()), running: Mutex::default(), events: Mutex::default() }),
+            inner: Arc::new(Inner {
+                store,
+                config,
+                wake: (Mutex::new(false), Condvar::new()),
+                running: Mutex::default(),
+                events: Mutex::default(),
+            }),
         };
         for n in 0..queue.inner.config.workers.max(1) {
             let worker = queue.clone();
-            std::thread::Builder::new().name(format!("train-{n}")).spawn(move || worker.work()).map_err(|e| StorageError::Task(e.to_string()))?;
+            std::thread::Builder::new()
+                .name(format!("train-{n}"))
+                .spawn(move || worker.work())
+                .map_err(|e| StorageError::Task(e.to_string()))?;
         }
         Ok(queue)
     }
@@ -101,7 +110,10 @@ impl JobQueue {
             return invalid("options", e.to_string());
         }
         if request.options.epochs > config.max_epochs {
-            return invalid("options.epochs", format!("{} is more than this server allows ({}; VAE_MAX_EPOCHS)", request.options.epochs, config.max_epochs));
+            return invalid(
+                "options.epochs",
+                format!("{} is more than this server allows ({}; VAE_MAX_EPOCHS)", request.options.epochs, config.max_epochs),
+            );
         }
         if request.data.max_train.is_some_and(|n| n > config.max_train_images) {
             return invalid("data.max_train", format!("must be at most {} (VAE_MAX_TRAIN_IMAGES)", config.max_train_images));
@@ -135,7 +147,9 @@ impl JobQueue {
         match self.inner.store.cancel(id)? {
             CancelOutcome::NotFound => return Err(JobError::NotFound(id)),
             CancelOutcome::AlreadyFinished(state) => return Err(JobError::AlreadyFinished { id, state: state.as_str() }),
-            CancelOutcome::Cancelled => self.publish(id, JobEvent::Finished { state: JobState::Cancelled, error: None, model_version: None }),
+            CancelOutcome::Cancelled => {
+                self.publish(id, JobEvent::Finished { state: JobState::Cancelled, error: None, model_version: None })
+            }
             CancelOutcome::Stopping => {
                 if let Some(token) = self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).get(&id) {
                     token.cancel();
@@ -177,7 +191,8 @@ impl JobQueue {
                 Ok(None) => {
                     let (flag, condvar) = &self.inner.wake;
                     let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
-                    let (mut guard, _) = condvar.wait_timeout_while(guard, Duration::from_secs(1), |woken| !*woken).unwrap_or_else(|p| p.into_inner());
+                    let (mut guard, _) =
+                        condvar.wait_timeout_while(guard, Duration::from_secs(1), |woken| !*woken).unwrap_or_else(|p| p.into_inner());
                     *guard = false;
                 }
                 Err(error) => {
@@ -199,7 +214,8 @@ impl JobQueue {
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
         let job_dir = self.inner.config.jobs_dir.join(id.to_string());
         let checkpoint = job_dir.join("checkpoint");
-        let places = Places { data_dir: &self.inner.config.data_dir, models_dir: &self.inner.config.models_dir, checkpoint_dir: Some(&checkpoint) };
+        let places =
+            Places { data_dir: &self.inner.config.data_dir, models_dir: &self.inner.config.models_dir, checkpoint_dir: Some(&checkpoint) };
         let epochs = request.options.epochs;
         // The checkpoint's history is authoritative: the database may lag it by an epoch after a crash.
         let mut history: Vec<EpochMetrics> = Vec::new();

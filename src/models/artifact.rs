@@ -55,7 +55,10 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, ModelError> {
     let bytes = std::fs::read(&path).map_err(|e| artifact_error(&path, e))?;
     let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| artifact_error(&path, format!("invalid manifest: {e}")))?;
     if manifest.format_version != FORMAT_VERSION {
-        return Err(artifact_error(&path, format!("format version {} is not supported (expected {FORMAT_VERSION})", manifest.format_version)));
+        return Err(artifact_error(
+            &path,
+            format!("format version {} is not supported (expected {FORMAT_VERSION})", manifest.format_version),
+        ));
     }
     manifest.config.validate()?;
     Ok(manifest)
@@ -67,16 +70,16 @@ pub fn load(dir: &Path, device: Device) -> Result<(Manifest, LoadedModel), Model
     let manifest = read_manifest(dir)?;
     let mut loaded = build(&manifest.config, device)?;
     let weights = dir.join(WEIGHTS_FILE);
-    let stored: BTreeMap<String, Tensor> = Tensor::read_safetensors(&weights)
-        .map_err(|e| artifact_error(&weights, e))?
-        .into_iter()
-        .collect();
+    let stored: BTreeMap<String, Tensor> =
+        Tensor::read_safetensors(&weights).map_err(|e| artifact_error(&weights, e))?.into_iter().collect();
     let expected = loaded.vars.variables();
     let mut problems = Vec::new();
     for (name, var) in &expected {
         match stored.get(name) {
             None => problems.push(format!("missing tensor `{name}`")),
-            Some(t) if t.size() != var.size() => problems.push(format!("`{name}` has shape {:?}, the manifest's layers need {:?}", t.size(), var.size())),
+            Some(t) if t.size() != var.size() => {
+                problems.push(format!("`{name}` has shape {:?}, the manifest's layers need {:?}", t.size(), var.size()))
+            }
             Some(_) => {}
         }
     }
@@ -122,7 +125,8 @@ pub fn list(models_dir: &Path) -> Vec<(String, Vec<(u32, Manifest)>)> {
     names
         .into_iter()
         .map(|name| {
-            let versions = versions(models_dir, &name).into_iter().filter_map(|(v, dir)| read_manifest(&dir).ok().map(|m| (v, m))).collect();
+            let versions =
+                versions(models_dir, &name).into_iter().filter_map(|(v, dir)| read_manifest(&dir).ok().map(|m| (v, m))).collect();
             (name, versions)
         })
         .filter(|(_, versions): &(String, Vec<(u32, Manifest)>)| !versions.is_empty())
@@ -157,7 +161,8 @@ pub fn find_version(models_dir: &Path, name: &str, version: Option<u32>) -> Resu
 
 /// Removes version `version` of `name`: renamed out of sight first, so no reader sees half of it.
 pub fn remove(models_dir: &Path, name: &str, version: u32) -> Result<(), ModelError> {
-    let (_, dir) = find_version(models_dir, name, Some(version))?.ok_or_else(|| ModelError::Config(format!("no version {version} of `{name}`")))?;
+    let (_, dir) =
+        find_version(models_dir, name, Some(version))?.ok_or_else(|| ModelError::Config(format!("no version {version} of `{name}`")))?;
     let doomed = dir.with_file_name(format!(".deleting-v{version}-{}", std::process::id()));
     std::fs::rename(&dir, &doomed).map_err(|e| artifact_error(&dir, e))?;
     std::fs::remove_dir_all(&doomed).map_err(|e| artifact_error(&doomed, e))

@@ -23,10 +23,7 @@ pub struct BnControl {
 
 impl Default for BnControl {
     fn default() -> Self {
-        Self {
-            momentum_bits: Arc::new(AtomicU64::new(DEFAULT_MOMENTUM.to_bits())),
-            layers: Arc::new(std::sync::Mutex::new(Vec::new())),
-        }
+        Self { momentum_bits: Arc::new(AtomicU64::new(DEFAULT_MOMENTUM.to_bits())), layers: Arc::new(std::sync::Mutex::new(Vec::new())) }
     }
 }
 
@@ -105,8 +102,13 @@ mod tests {
         control.recompute(batches.len(), |k| {
             let _ = bn.forward(&batches[k], true);
         });
-        let expected_mean = Tensor::stack(&batches.iter().map(|b| b.mean_dim(0, false, Kind::Float)).collect::<Vec<_>>(), 0).mean_dim(0, false, Kind::Float);
-        let expected_var = Tensor::stack(&batches.iter().map(|b| b.var_dim(0, true, false)).collect::<Vec<_>>(), 0).mean_dim(0, false, Kind::Float);
+        let expected_mean = Tensor::stack(&batches.iter().map(|b| b.mean_dim(0, false, Kind::Float)).collect::<Vec<_>>(), 0).mean_dim(
+            0,
+            false,
+            Kind::Float,
+        );
+        let expected_var =
+            Tensor::stack(&batches.iter().map(|b| b.var_dim(0, true, false)).collect::<Vec<_>>(), 0).mean_dim(0, false, Kind::Float);
         assert!(bn.running_mean.allclose(&expected_mean, 1e-5, 1e-6, false));
         assert!(bn.running_var.allclose(&expected_var, 1e-5, 1e-6, false));
         assert!((control.momentum() - DEFAULT_MOMENTUM).abs() < 1e-12);

@@ -34,7 +34,10 @@ impl ConvVae {
         let mut down = Vec::new();
         let mut channels = config.image.channels;
         for (i, &out) in config.conv_channels.iter().enumerate() {
-            down.push((layers::halving_conv(&enc / format!("conv{i}"), channels, out, sides[i]), BatchNorm::new(&enc / format!("conv_bn{i}"), out, bn)));
+            down.push((
+                layers::halving_conv(&enc / format!("conv{i}"), channels, out, sides[i]),
+                BatchNorm::new(&enc / format!("conv_bn{i}"), out, bn),
+            ));
             channels = out;
         }
         let encoder_fc = BnMlp::new(&enc, flat, &config.hidden, bn);

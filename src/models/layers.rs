@@ -40,7 +40,16 @@ pub fn stage_sides(height: i64, width: i64, stages: usize) -> Vec<[i64; 2]> {
 pub fn halving_conv(path: nn::Path, inputs: i64, outputs: i64, [height, width]: [i64; 2]) -> nn::Conv2D {
     let kernel = [stage_kernel(height), stage_kernel(width)];
     let init = uniform(inputs * kernel[0] * kernel[1]);
-    let config = nn::ConvConfigND { stride: [2, 2], padding: [1, 1], dilation: [1, 1], groups: 1, bias: true, ws_init: init, bs_init: init, padding_mode: nn::PaddingMode::Zeros };
+    let config = nn::ConvConfigND {
+        stride: [2, 2],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        bias: true,
+        ws_init: init,
+        bs_init: init,
+        padding_mode: nn::PaddingMode::Zeros,
+    };
     nn::conv(path, inputs, outputs, kernel, config)
 }
 
@@ -56,7 +65,11 @@ pub fn doubling_conv(path: nn::Path, inputs: i64, outputs: i64, [height, width]:
     let kernel = [stage_kernel(height), stage_kernel(width)];
     // PyTorch takes fan-in from the weight's second dimension, the output channels here.
     let init = uniform(outputs * kernel[0] * kernel[1]);
-    DoublingConv { weight: path.var("weight", &[inputs, outputs, kernel[0], kernel[1]], init), bias: path.var("bias", &[outputs], init), kernel }
+    DoublingConv {
+        weight: path.var("weight", &[inputs, outputs, kernel[0], kernel[1]], init),
+        bias: path.var("bias", &[outputs], init),
+        kernel,
+    }
 }
 
 /// Output channels at or below which the CPU forward pass uses ATen's own kernel.
@@ -98,7 +111,10 @@ mod tests {
     fn a_doubling_stage_restores_the_side_a_halving_stage_halved() {
         let vars = nn::VarStore::new(Device::Cpu);
         for side in [4, 7, 14, 28, 9] {
-            let (down, up) = (halving_conv(vars.root() / format!("down{side}"), 2, 3, [side, 28]), doubling_conv(vars.root() / format!("up{side}"), 3, 2, [side, 28]));
+            let (down, up) = (
+                halving_conv(vars.root() / format!("down{side}"), 2, 3, [side, 28]),
+                doubling_conv(vars.root() / format!("up{side}"), 3, 2, [side, 28]),
+            );
             let half = down.forward(&Tensor::zeros([1, 2, side, 28], (Kind::Float, Device::Cpu)));
             assert_eq!(half.size(), [1, 3, halved(side), 14], "side {side}");
             assert_eq!(up.forward(&half).size(), [1, 2, side, 28], "side {side}");

@@ -159,7 +159,14 @@ pub trait Vae: Send {
     /// classifier ignore labels and `classifier_view`). `kl_weight` scales the KL term of the loss
     /// (warm-up). `classifier_view`, when given, is what q(y|x) sees instead of `images` (an
     /// augmented copy), while encoder and decoder keep the originals.
-    fn objective(&self, images: &Tensor, _classifier_view: Option<&Tensor>, _labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+    fn objective(
+        &self,
+        images: &Tensor,
+        _classifier_view: Option<&Tensor>,
+        _labels: &Tensor,
+        kl_weight: f64,
+        train: bool,
+    ) -> BatchObjective {
         objective::unsupervised(self, images, kl_weight, train)
     }
 }

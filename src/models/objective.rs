@@ -32,7 +32,8 @@ pub fn negative_log_likelihood(likelihood: Likelihood, params: &Tensor, images: 
     let per_pixel = match likelihood {
         Likelihood::Bernoulli => params.binary_cross_entropy_with_logits::<Tensor>(images, None, None, Reduction::None),
         Likelihood::Gaussian { log_var, .. } => {
-            let log_var = learned_log_var.map(|v| v.shallow_clone()).unwrap_or_else(|| Tensor::from(log_var as f32).to_device(params.device()));
+            let log_var =
+                learned_log_var.map(|v| v.shallow_clone()).unwrap_or_else(|| Tensor::from(log_var as f32).to_device(params.device()));
             ((params - images).square() * (-&log_var).exp() + &log_var + LOG_2PI) * 0.5
         }
     };
@@ -89,7 +90,12 @@ pub fn importance_weighted_log_likelihood(model: &dyn Vae, images: &Tensor, samp
         let log_px = if config.architecture == super::Architecture::SemiSupervised {
             let k = config.num_classes();
             let (z_all, y_all) = every_label(&z, k);
-            let nll = negative_log_likelihood(config.likelihood, &model.decode(&z_all, Some(&y_all), false), &images.repeat([k, 1, 1, 1]), model.likelihood_log_var());
+            let nll = negative_log_likelihood(
+                config.likelihood,
+                &model.decode(&z_all, Some(&y_all), false),
+                &images.repeat([k, 1, 1, 1]),
+                model.likelihood_log_var(),
+            );
             (-nll).view([k, batch]).logsumexp(0, false) - (k as f64).ln()
         } else {
             -negative_log_likelihood(config.likelihood, &model.decode(&z, None, false), images, model.likelihood_log_var())

@@ -69,7 +69,14 @@ impl Vae for SemiSupervisedVae {
 /// The classifier reads `classifier_view` when given: q(y|x̃) of an augmented x̃ is still a
 /// distribution over y, so the bound stays valid while the classifier learns invariance and the
 /// generative model keeps modelling the data as it is (so clamped labels keep their meaning).
-pub fn objective(model: &dyn Vae, images: &Tensor, classifier_view: Option<&Tensor>, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
+pub fn objective(
+    model: &dyn Vae,
+    images: &Tensor,
+    classifier_view: Option<&Tensor>,
+    labels: &Tensor,
+    kl_weight: f64,
+    train: bool,
+) -> BatchObjective {
     let config = model.config();
     let k = config.num_classes();
     let batch = images.size()[0];

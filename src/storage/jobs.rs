@@ -32,7 +32,9 @@ impl JobState {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Interrupted].into_iter().find(|s| s.as_str() == text)
+        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Interrupted]
+            .into_iter()
+            .find(|s| s.as_str() == text)
     }
 
     pub fn is_final(self) -> bool {
@@ -135,9 +137,15 @@ impl JobStore for Database {
     fn claim_next(&self) -> Result<Option<JobRecord>, StorageError> {
         self.with_sync(|c| {
             let tx = c.transaction()?;
-            let id: Option<i64> = tx.query_row("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1", [], |r| r.get(0)).optional()?;
+            let id: Option<i64> =
+                tx.query_row("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1", [], |r| r.get(0)).optional()?;
             let Some(id) = id else { return Ok(None) };
-            tx.execute(&format!("UPDATE jobs SET state = 'running', started_at = coalesce(started_at, {NOW}), attempts = attempts + 1 WHERE id = ?1"), [id])?;
+            tx.execute(
+                &format!(
+                    "UPDATE jobs SET state = 'running', started_at = coalesce(started_at, {NOW}), attempts = attempts + 1 WHERE id = ?1"
+                ),
+                [id],
+            )?;
             let job = tx.query_row(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ?1"), [id], record)?;
             tx.commit()?;
             Ok(Some(job))
@@ -150,7 +158,8 @@ impl JobStore for Database {
 
     fn list(&self, state: Option<JobState>, limit: usize, offset: usize) -> Result<Vec<JobRecord>, StorageError> {
         self.with_sync(|c| {
-            let mut statement = c.prepare(&format!("SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2 OFFSET ?3"))?;
+            let mut statement =
+                c.prepare(&format!("SELECT {COLUMNS} FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id DESC LIMIT ?2 OFFSET ?3"))?;
             let rows = statement.query_map(params![state.map(JobState::as_str), limit as i64, offset as i64], record)?;
             rows.collect()
         })
@@ -158,7 +167,8 @@ impl JobStore for Database {
 
     fn queue_position(&self, id: i64) -> Result<Option<usize>, StorageError> {
         self.with_sync(|c| {
-            let queued: bool = c.query_row("SELECT state = 'queued' FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?.unwrap_or(false);
+            let queued: bool =
+                c.query_row("SELECT state = 'queued' FROM jobs WHERE id = ?1", [id], |r| r.get(0)).optional()?.unwrap_or(false);
             if !queued {
                 return Ok(None);
             }
@@ -167,7 +177,10 @@ impl JobStore for Database {
     }
 
     fn record_progress(&self, id: i64, progress: &serde_json::Value, history: &serde_json::Value) -> Result<(), StorageError> {
-        self.with_sync(|c| c.execute("UPDATE jobs SET progress = ?2, history = ?3 WHERE id = ?1", params![id, progress.to_string(), history.to_string()]).map(|_| ()))
+        self.with_sync(|c| {
+            c.execute("UPDATE jobs SET progress = ?2, history = ?3 WHERE id = ?1", params![id, progress.to_string(), history.to_string()])
+                .map(|_| ())
+        })
     }
 
     fn finish(&self, id: i64, state: JobState, error: Option<&str>, model_version: Option<u32>) -> Result<(), StorageError> {

@@ -73,9 +73,7 @@ impl Database {
         connection.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
         connection.pragma_update(None, "foreign_keys", "ON").map_err(sqlite)?;
         connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite)?;
-        migrations()
-            .to_latest(&mut connection)
-            .map_err(|source| StorageError::Migration { path: path.to_path_buf(), source })?;
+        migrations().to_latest(&mut connection).map_err(|source| StorageError::Migration { path: path.to_path_buf(), source })?;
         Ok(Self { path: path.to_path_buf(), connection: Arc::new(Mutex::new(connection)) })
     }
 
@@ -112,7 +110,11 @@ impl Database {
 
     pub async fn set_setting(&self, key: &'static str, value: String) -> Result<(), StorageError> {
         self.with(move |c| {
-            c.execute("INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)).map(|_| ())
+            c.execute(
+                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+            .map(|_| ())
         })
         .await
     }
@@ -120,8 +122,7 @@ impl Database {
     /// Records a service start (kept as an audit trail of versions and devices that ran on this data).
     pub async fn record_start(&self, device: String) -> Result<(), StorageError> {
         self.with(move |c| {
-            c.execute("INSERT INTO service_starts (version, device) VALUES (?1, ?2)", (env!("CARGO_PKG_VERSION"), device))
-                .map(|_| ())
+            c.execute("INSERT INTO service_starts (version, device) VALUES (?1, ?2)", (env!("CARGO_PKG_VERSION"), device)).map(|_| ())
         })
         .await
     }

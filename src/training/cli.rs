@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{eval, optim::OptimizerKind, train_and_publish, CancelToken, DataRequest, Places, Progress, Schedule, TrainOptions, TrainRequest};
+use super::{
+    eval, optim::OptimizerKind, train_and_publish, CancelToken, DataRequest, Places, Progress, Schedule, TrainOptions, TrainRequest,
+};
 use crate::config::GlobalArgs;
 use crate::data::{self, DataOptions};
 use crate::models::{self, artifact, Architecture, Likelihood, UnlabeledObjective};
@@ -165,7 +167,8 @@ impl TrainArgs {
 fn read_options(path: &Path) -> anyhow::Result<TrainOptions> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     let toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
-    let parsed = if toml { toml::from_str(&text).map_err(anyhow::Error::from) } else { serde_json::from_str(&text).map_err(anyhow::Error::from) };
+    let parsed =
+        if toml { toml::from_str(&text).map_err(anyhow::Error::from) } else { serde_json::from_str(&text).map_err(anyhow::Error::from) };
     let options: TrainOptions = parsed.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     options.validate()?;
     Ok(options)
@@ -176,10 +179,19 @@ pub fn run_train(global: &GlobalArgs, runtime: &TorchRuntime, args: &TrainArgs) 
         name: args.name.clone(),
         dataset: args.dataset.clone(),
         options: args.options()?,
-        data: DataRequest { validation_fraction: args.validation_fraction, max_train: args.max_train, image_size: args.image_size, channels: args.channels },
+        data: DataRequest {
+            validation_fraction: args.validation_fraction,
+            max_train: args.max_train,
+            image_size: args.image_size,
+            channels: args.channels,
+        },
     };
     let bar = ProgressBar::new(request.options.epochs as u64);
-    bar.set_style(ProgressStyle::with_template("{spinner} epoch {pos}/{len} [{bar:30}] {elapsed_precise} {msg}").expect("static template").progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} epoch {pos}/{len} [{bar:30}] {elapsed_precise} {msg}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
     let places = Places { data_dir: &global.data_dir, models_dir: &args.models_dir, checkpoint_dir: args.checkpoint_dir.as_deref() };
     let published = train_and_publish(&request, &places, runtime.device, args.iwae_samples, &CancelToken::default(), &mut |p| match p {
         Progress::Resumed { history } => bar.set_position(history.len() as u64),
@@ -233,7 +245,10 @@ pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) ->
     let test = splits.test.first(args.limit.unwrap_or(usize::MAX)).to_device(runtime.device);
     tch::manual_seed(args.seed as i64);
     let evaluation = eval::evaluate(&*loaded.model, &test, 500, args.iwae_samples);
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "model": manifest.name, "dataset": dataset, "evaluation": evaluation }))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "model": manifest.name, "dataset": dataset, "evaluation": evaluation }))?
+    );
     Ok(())
 }
 
@@ -278,7 +293,9 @@ mod tests {
     fn toml_and_json_configs_give_the_same_options() {
         let dir = tempfile::tempdir().unwrap();
         let toml_path = dir.path().join("train.toml");
-        std::fs::write(&toml_path, r#"
+        std::fs::write(
+            &toml_path,
+            r#"
 epochs = 30
 labeled = 1000
 [model]
@@ -291,15 +308,24 @@ learning_rate = 0.001
 [schedule]
 kind = "cosine"
 min_factor = 0.01
-"#).unwrap();
+"#,
+        )
+        .unwrap();
         let json_path = dir.path().join("train.json");
-        std::fs::write(&json_path, r#"{"epochs": 30, "labeled": 1000,
+        std::fs::write(
+            &json_path,
+            r#"{"epochs": 30, "labeled": 1000,
             "model": {"architecture": "semi-supervised", "hidden": [512, 256], "classifier_weight": 10.0},
             "optimizer": {"kind": "rmsprop", "learning_rate": 0.001},
-            "schedule": {"kind": "cosine", "min_factor": 0.01}}"#).unwrap();
+            "schedule": {"kind": "cosine", "min_factor": 0.01}}"#,
+        )
+        .unwrap();
         let from_toml = read_options(&toml_path).unwrap();
         assert_eq!(from_toml, read_options(&json_path).unwrap());
-        assert_eq!((from_toml.epochs, from_toml.model.architecture, from_toml.optimizer.kind), (30, Architecture::SemiSupervised, OptimizerKind::Rmsprop));
+        assert_eq!(
+            (from_toml.epochs, from_toml.model.architecture, from_toml.optimizer.kind),
+            (30, Architecture::SemiSupervised, OptimizerKind::Rmsprop)
+        );
 
         std::fs::write(&toml_path, "epochs = 3\nlearning_rate = 0.1\n").unwrap();
         let error = read_options(&toml_path).unwrap_err().to_string();

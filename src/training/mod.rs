@@ -43,9 +43,14 @@ pub enum TrainError {
 pub enum Schedule {
     Constant,
     /// Multiply by `gamma` every `every_epochs` epochs.
-    Step { every_epochs: usize, gamma: f64 },
+    Step {
+        every_epochs: usize,
+        gamma: f64,
+    },
     /// Cosine decay from the base rate to `min_factor`·base at the end.
-    Cosine { min_factor: f64 },
+    Cosine {
+        min_factor: f64,
+    },
 }
 
 impl Schedule {
@@ -130,7 +135,9 @@ impl TrainOptions {
             }
         }
         if self.optimizer.ema_decay.is_some() && !self.bn_recompute {
-            return invalid("weight averaging (optimizer.ema_decay) needs bn_recompute: averaged weights need their own BN statistics".into());
+            return invalid(
+                "weight averaging (optimizer.ema_decay) needs bn_recompute: averaged weights need their own BN statistics".into(),
+            );
         }
         if self.model.architecture == Architecture::SemiSupervised {
             let k = self.model.num_classes() as usize;
@@ -165,8 +172,14 @@ pub struct EpochMetrics {
 #[derive(Debug, Clone)]
 pub enum Progress {
     /// Training resumed from a checkpoint holding these finished epochs.
-    Resumed { history: Vec<EpochMetrics> },
-    Step { epoch: usize, step: usize, steps: usize },
+    Resumed {
+        history: Vec<EpochMetrics>,
+    },
+    Step {
+        epoch: usize,
+        step: usize,
+        steps: usize,
+    },
     Epoch(EpochMetrics),
 }
 
@@ -287,7 +300,11 @@ pub fn train_and_publish(
     let data_options = crate::data::DataOptions {
         validation_fraction: request.data.validation_fraction,
         seed: request.options.seed,
-        image_shape: Some(models::ImageShape { channels: request.data.channels, height: request.data.image_size, width: request.data.image_size }),
+        image_shape: Some(models::ImageShape {
+            channels: request.data.channels,
+            height: request.data.image_size,
+            width: request.data.image_size,
+        }),
         max_train: request.data.max_train,
     };
     let splits = crate::data::load(&source, &data_options)?;
@@ -452,7 +469,13 @@ fn checkpoint_error(path: &Path, why: impl ToString) -> TrainError {
 }
 
 /// Writes the checkpoint to a fresh directory and renames it over the old one.
-fn save_checkpoint(dir: &Path, options: &TrainOptions, model: &LoadedModel, optimizer: &Optimizer, history: &[EpochMetrics]) -> Result<(), TrainError> {
+fn save_checkpoint(
+    dir: &Path,
+    options: &TrainOptions,
+    model: &LoadedModel,
+    optimizer: &Optimizer,
+    history: &[EpochMetrics],
+) -> Result<(), TrainError> {
     let staging = dir.with_extension("staging");
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(|e| checkpoint_error(&staging, e))?;
@@ -475,7 +498,12 @@ fn save_checkpoint(dir: &Path, options: &TrainOptions, model: &LoadedModel, opti
     Ok(())
 }
 
-fn restore_checkpoint(dir: &Path, options: &TrainOptions, model: &LoadedModel, optimizer: &mut Optimizer) -> Result<Option<CheckpointState>, TrainError> {
+fn restore_checkpoint(
+    dir: &Path,
+    options: &TrainOptions,
+    model: &LoadedModel,
+    optimizer: &mut Optimizer,
+) -> Result<Option<CheckpointState>, TrainError> {
     // A crash between the two renames of `save_checkpoint` leaves only `.old`: use it.
     let old = dir.with_extension("old");
     let dir = if !dir.join(CHECKPOINT_STATE).is_file() && old.join(CHECKPOINT_STATE).is_file() { old.as_path() } else { dir };

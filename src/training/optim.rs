@@ -68,7 +68,8 @@ impl Default for OptimizerConfig {
 
 impl OptimizerConfig {
     pub fn validate(&self) -> Result<(), String> {
-        let unit = |name: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(format!("optimizer.{name} = {v} must be in [0, 1)")) };
+        let unit =
+            |name: &str, v: f64| if (0.0..1.0).contains(&v) { Ok(()) } else { Err(format!("optimizer.{name} = {v} must be in [0, 1)")) };
         if !(self.learning_rate > 0.0 && self.learning_rate <= 10.0) {
             return Err(format!("optimizer.learning_rate = {} must be in (0, 10]", self.learning_rate));
         }

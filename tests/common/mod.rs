@@ -67,7 +67,8 @@ impl Server {
                 log_writer.lock().unwrap().push_str(&(line + "\n"));
             }
         });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("server did not start; log:\n{}", log.lock().unwrap()));
+        let addr =
+            addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("server did not start; log:\n{}", log.lock().unwrap()));
         Server { child, base: format!("http://{addr}"), log, _dir: Some(dir) }
     }
 
@@ -165,7 +166,11 @@ pub fn models_with_default(dir: &Path) -> std::path::PathBuf {
 /// The first `n` MNIST test digits as PNG files, with their labels.
 pub fn test_digits(n: usize) -> Vec<(Vec<u8>, i64)> {
     let source = vae_serve::data::resolve("mnist", &shared_data()).unwrap();
-    let splits = vae_serve::data::load(&source, &vae_serve::data::DataOptions { validation_fraction: 0.0, max_train: Some(10), ..Default::default() }).unwrap();
+    let splits = vae_serve::data::load(
+        &source,
+        &vae_serve::data::DataOptions { validation_fraction: 0.0, max_train: Some(10), ..Default::default() },
+    )
+    .unwrap();
     let test = splits.test.first(n);
     let pixels = Vec::<u8>::try_from((test.images * 255.0).round().to_kind(tch::Kind::Uint8).view([-1])).unwrap();
     let labels = Vec::<i64>::try_from(&test.labels).unwrap();
@@ -180,4 +185,3 @@ pub fn test_digits(n: usize) -> Vec<(Vec<u8>, i64)> {
         })
         .collect()
 }
-
