@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export VAE_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: setup browser-setup build run test openapi fmt
+.PHONY: setup browser-setup build run test lint openapi fmt
 
 setup:
 	@scripts/setup-libtorch.sh
@@ -23,6 +23,11 @@ run: build
 
 test: setup browser-setup
 	cargo test --locked -- --test-threads=2
+
+# Formatting and lints gate every CI run (.ci/run).
+lint: setup
+	cargo fmt --check
+	cargo clippy --locked --all-targets -- -D warnings
 
 openapi: build
 	./target/release/vae-serve openapi > openapi/openapi.json

@@ -4,6 +4,7 @@
 //! Per unlabelled example, by `UnlabeledObjective`:
 //! - `marginalize` (M2, Kingma et al. 2014): Σ_y q(y|x)·(−ELBO(x, y)) − H(q(y|x));
 //! - `predicted-label` (the course project): −ELBO(x, y') with y' = q(y|x) fed to the decoder.
+//!
 //! −ELBO(x, y) includes −log p(y) = log K for the uniform label prior, so it bounds −log p(x, y).
 
 use tch::{nn, nn::Module, Kind, Tensor};

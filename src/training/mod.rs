@@ -126,7 +126,7 @@ impl TrainOptions {
         if self.augment_shift > 0 && self.model.architecture != Architecture::SemiSupervised {
             return invalid("augment_shift shifts what the classifier sees: only semi-supervised models have one".into());
         }
-        if !(self.kl_warmup_epochs >= 0.0) {
+        if self.kl_warmup_epochs.is_nan() || self.kl_warmup_epochs < 0.0 {
             return invalid("kl_warmup_epochs must be ≥ 0".into());
         }
         if let Schedule::Cosine { min_factor } = self.schedule {
@@ -141,7 +141,7 @@ impl TrainOptions {
         }
         if self.model.architecture == Architecture::SemiSupervised {
             let k = self.model.num_classes() as usize;
-            if self.labeled == 0 || self.labeled % k != 0 {
+            if self.labeled == 0 || !self.labeled.is_multiple_of(k) {
                 return invalid(format!("labeled = {} must be a positive multiple of the {k} classes", self.labeled));
             }
             if self.labeled_batch_size == 0 {

@@ -80,7 +80,9 @@ impl OptimizerConfig {
         if let Some(decay) = self.ema_decay {
             unit("ema_decay", decay)?;
         }
-        if !(self.epsilon > 0.0) || self.weight_decay < 0.0 || self.grad_clip.is_some_and(|c| !(c > 0.0)) {
+        // Written so that NaN fails each check too.
+        let positive = |x: f64| x > 0.0;
+        if !positive(self.epsilon) || self.weight_decay < 0.0 || self.grad_clip.is_some_and(|c| !positive(c)) {
             return Err("optimizer.epsilon must be > 0, weight_decay ≥ 0 and grad_clip > 0".into());
         }
         Ok(())
