@@ -41,7 +41,7 @@ pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Re
     let info = ModelInfo { id: context.id.clone(), config: model.model.config().clone() };
     tracing::info!(model = %info.id, device = ?context.device, "model loaded");
     let _ = state.send(WorkerState::Ready(Arc::new(info)));
-    while let Some(batch) = next_batch(&queue, &context.batching) {
+    while let Some(batch) = next_batch(&queue, &context) {
         run_batch(&context, &model, batch);
     }
     tracing::info!(model = %context.id, "model unloaded");
@@ -50,31 +50,47 @@ pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Re
 /// Blocks for a first job, then takes whatever else is already queued. Only when others were
 /// waiting (the model is under load) does it wait up to `max_batch_delay` for more: a lone
 /// request runs at once, so batching costs no latency when there is nothing to batch with.
-fn next_batch(queue: &Receiver<Job>, batching: &BatchingConfig) -> Option<Vec<Job>> {
-    let first = queue.recv().ok()?;
-    let mut rows = first.task.rows();
-    let mut batch = vec![first];
-    // No deadline yet: only take what is already queued.
-    let mut deadline: Option<Instant> = None;
-    while rows < batching.max_batch_size {
-        let next = match deadline {
-            None => queue.try_recv().map_err(|_| RecvTimeoutError::Timeout),
-            Some(deadline) => queue.recv_timeout(deadline.saturating_duration_since(Instant::now())),
-        };
-        match next {
-            Ok(job) => {
-                rows += job.task.rows();
-                batch.push(job);
+/// Jobs whose caller has gone are dropped as they come, so they take no room in a batch.
+fn next_batch(queue: &Receiver<Job>, context: &Context) -> Option<Vec<Job>> {
+    let batching = &context.batching;
+    let abandoned = context.metrics.inference_requests.with_label_values(&[&context.id, "abandoned"]);
+    loop {
+        let first = queue.recv().ok()?;
+        if first.reply.is_closed() {
+            abandoned.inc();
+            continue;
+        }
+        let mut rows = first.task.rows();
+        let mut batch = vec![first];
+        // No deadline yet: only take what is already queued.
+        let mut deadline: Option<Instant> = None;
+        while rows < batching.max_batch_size {
+            let next = match deadline {
+                None => queue.try_recv().map_err(|_| RecvTimeoutError::Timeout),
+                Some(deadline) => queue.recv_timeout(deadline.saturating_duration_since(Instant::now())),
+            };
+            match next {
+                Ok(job) if job.reply.is_closed() => abandoned.inc(),
+                Ok(job) => {
+                    rows += job.task.rows();
+                    batch.push(job);
+                }
+                // The queue ran dry with company found: the model is under load, wait a little for more.
+                Err(RecvTimeoutError::Timeout) if deadline.is_none() && batch.len() > 1 => {
+                    deadline = Some(Instant::now() + batching.max_batch_delay);
+                }
+                // A lone request, the delay spent, or the host dropped this worker: run what we have.
+                Err(_) => break,
             }
-            // The queue ran dry with company found: the model is under load, wait a little for more.
-            Err(RecvTimeoutError::Timeout) if deadline.is_none() && batch.len() > 1 => {
-                deadline = Some(Instant::now() + batching.max_batch_delay);
-            }
-            // A lone request, the delay spent, or the host dropped this worker: run what we have.
-            Err(_) => break,
+        }
+        // Callers can also leave while the batch waited for company.
+        let before = batch.len();
+        batch.retain(|job| !job.reply.is_closed());
+        abandoned.inc_by((before - batch.len()) as u64);
+        if !batch.is_empty() {
+            return Some(batch);
         }
     }
-    Some(batch)
 }
 
 fn run_batch(context: &Context, model: &LoadedModel, batch: Vec<Job>) {
