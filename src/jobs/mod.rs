@@ -66,7 +66,7 @@ struct Inner {
     config: QueueConfig,
     wake: (Mutex<bool>, Condvar),
     running: Mutex<HashMap<i64, CancelToken>>,
-    events: Mutex<HashMap<i64, broadcast::Sender<JobEvent>>>,
+    events: EventChannels,
 }
 
 impl JobQueue {
@@ -82,7 +82,7 @@ impl JobQueue {
                 config,
                 wake: (Mutex::new(false), Condvar::new()),
                 running: Mutex::default(),
-                events: Mutex::default(),
+                events: EventChannels::default(),
             }),
         };
         for n in 0..queue.inner.config.workers.max(1) {
@@ -161,19 +161,11 @@ impl JobQueue {
 
     /// Events of job `id` from now on.
     pub fn subscribe(&self, id: i64) -> broadcast::Receiver<JobEvent> {
-        let mut events = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
-        events.entry(id).or_insert_with(|| broadcast::channel(256).0).subscribe()
+        self.inner.events.subscribe(id)
     }
 
     fn publish(&self, id: i64, event: JobEvent) {
-        let finished = matches!(event, JobEvent::Finished { .. });
-        let mut events = self.inner.events.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = events.get(&id) {
-            let _ = sender.send(event);
-        }
-        if finished {
-            events.remove(&id);
-        }
+        self.inner.events.publish(id, event);
     }
 
     fn wake_workers(&self) {
@@ -271,5 +263,60 @@ impl JobQueue {
             tracing::error!(job = id, error = %e, "cannot record the end of a job");
         }
         self.publish(id, JobEvent::Finished { state, error, model_version });
+    }
+}
+
+/// Progress channels of the jobs someone listens to. A channel lasts while it has subscribers
+/// (an SSE client that hung up drops its receiver) and until its job finishes, so clients that
+/// come and go, or ask for jobs that do not exist, leave nothing behind.
+#[derive(Default)]
+struct EventChannels(Mutex<HashMap<i64, broadcast::Sender<JobEvent>>>);
+
+impl EventChannels {
+    fn subscribe(&self, id: i64) -> broadcast::Receiver<JobEvent> {
+        let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        channels.retain(|_, sender| sender.receiver_count() > 0);
+        channels.entry(id).or_insert_with(|| broadcast::channel(256).0).subscribe()
+    }
+
+    fn publish(&self, id: i64, event: JobEvent) {
+        let finished = matches!(event, JobEvent::Finished { .. });
+        let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(sender) = channels.get(&id) {
+            let _ = sender.send(event);
+            if finished || sender.receiver_count() == 0 {
+                channels.remove(&id);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_channels_last_only_while_someone_listens_and_the_job_runs() {
+        let channels = EventChannels::default();
+        // Subscribers that left (or asked for jobs that never existed) are forgotten.
+        for id in 0..100 {
+            drop(channels.subscribe(id));
+        }
+        let mut listening = channels.subscribe(7);
+        assert_eq!(channels.len(), 1);
+        channels.publish(7, JobEvent::Step { epoch: 1, step: 1, steps: 2 });
+        assert!(matches!(listening.try_recv(), Ok(JobEvent::Step { step: 1, .. })));
+        channels.publish(7, JobEvent::Finished { state: JobState::Succeeded, error: None, model_version: Some(1) });
+        assert!(matches!(listening.try_recv(), Ok(JobEvent::Finished { .. })));
+        assert_eq!(channels.len(), 0, "a finished job's channel is closed");
+        // Publishing to a channel whose listeners left closes it too.
+        drop(channels.subscribe(8));
+        channels.publish(8, JobEvent::Step { epoch: 1, step: 1, steps: 2 });
+        assert_eq!(channels.len(), 0);
     }
 }
