@@ -77,6 +77,23 @@ pub struct ServeArgs {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "VAE_MAX_BODY_BYTES", default_value_t = 10 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Of a body declared larger than VAE_MAX_BODY_BYTES, how many bytes are read and discarded
+    /// before the 413 goes out, so that clients which send the whole body before reading (Python's
+    /// requests, http.client) read the answer instead of a reset connection.
+    #[arg(long, env = "VAE_DRAIN_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub drain_body_bytes: usize,
+    /// The most time spent draining such a body, in milliseconds.
+    #[arg(long, env = "VAE_DRAIN_BODY_MS", default_value_t = 1000)]
+    pub drain_body_ms: u64,
+    /// Connections open at once; one more is answered 503 and closed.
+    #[arg(long, env = "VAE_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Seconds from a request's first byte to the end of its head; a slower client is disconnected.
+    #[arg(long, env = "VAE_HEADER_READ_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_read_timeout_secs: u64,
+    /// Seconds a connection may stay open without a request (after accepting it or between requests).
+    #[arg(long, env = "VAE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
     /// Comma-separated allowed CORS origins (`*` for any; empty: no CORS headers).
     #[arg(long, env = "VAE_CORS_ORIGINS", value_delimiter = ',', default_value = "")]
     pub cors_origins: Vec<String>,
@@ -120,6 +137,14 @@ pub struct ServeArgs {
 impl ServeArgs {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
+    }
+
+    pub fn connection_limits(&self) -> crate::server::connections::ConnectionLimits {
+        crate::server::connections::ConnectionLimits {
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(self.idle_timeout_secs.max(1)),
+        }
     }
 
     pub fn shutdown_grace(&self) -> Duration {

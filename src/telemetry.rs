@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
 use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
@@ -30,6 +30,11 @@ pub struct Metrics {
     pub inference_seconds: HistogramVec,
     pub inference_batch_size: HistogramVec,
     pub inference_requests: IntCounterVec,
+    pub connections_open: IntGauge,
+    /// Connections answered 503 and closed because VAE_MAX_CONNECTIONS were open.
+    pub connections_refused: IntCounter,
+    /// Connections closed by a header-read or idle deadline, by which.
+    pub connections_timed_out: IntCounterVec,
     /// glibc's heap, read at each scrape: resident memory alone cannot tell a leak (bytes in use
     /// grow) from fragmentation (free bytes malloc keeps grow).
     malloc_bytes: IntGaugeVec,
@@ -61,8 +66,25 @@ impl Metrics {
         )
         .expect("static metric definition");
         let inference_requests = IntCounterVec::new(
-            Opts::new("vae_inference_requests_total", "Inference requests by model and outcome (ok, error, rejected)"),
+            Opts::new(
+                "vae_inference_requests_total",
+                "Inference requests by model and outcome (ok, error, rejected; abandoned: the caller left before its batch ran)",
+            ),
             &["model", "outcome"],
+        )
+        .expect("static metric definition");
+        let connections_open = IntGauge::new("vae_http_connections_open", "HTTP connections open now").expect("static metric definition");
+        let connections_refused = IntCounter::new(
+            "vae_http_connections_refused_total",
+            "Connections refused with a 503 because the connection cap (VAE_MAX_CONNECTIONS) was reached",
+        )
+        .expect("static metric definition");
+        let connections_timed_out = IntCounterVec::new(
+            Opts::new(
+                "vae_http_connections_timed_out_total",
+                "Connections closed by a deadline: header (a request head arrived too slowly) or idle (no request came)",
+            ),
+            &["reason"],
         )
         .expect("static metric definition");
         let malloc_bytes = IntGaugeVec::new(
@@ -80,6 +102,9 @@ impl Metrics {
             Box::new(inference_seconds.clone()),
             Box::new(inference_batch_size.clone()),
             Box::new(inference_requests.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_timed_out.clone()),
             Box::new(malloc_bytes.clone()),
         ] {
             registry.register(collector).expect("registered once");
@@ -94,6 +119,9 @@ impl Metrics {
             inference_seconds,
             inference_batch_size,
             inference_requests,
+            connections_open,
+            connections_refused,
+            connections_timed_out,
             malloc_bytes,
         }
     }

@@ -2,6 +2,7 @@
 //! a lower layer and map its answer; torch code lives elsewhere.
 
 pub mod auth;
+pub mod body_limit;
 pub mod console;
 pub mod health;
 pub mod inference;
@@ -143,6 +144,7 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         // One body limit for every extractor: the tower layer's, not axum's separate 2 MB default.
         .layer(DefaultBodyLimit::disable())
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(middleware::from_fn_with_state(body_limit::OversizedBodies::new(config), body_limit::refuse_oversized_body))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
         // Outside the limit and timeout layers so their plain-text errors become problems too.
         .layer(middleware::map_response(problem::problem_for_bare_errors));

@@ -1,5 +1,7 @@
 //! `vae-serve serve`: start-up order, listening and graceful shutdown.
 
+pub mod connections;
+
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -52,7 +54,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         jobs,
         models_dir: Arc::from(args.models_dir.as_path()),
         data_dir: Arc::from(global.data_dir.as_path()),
-        metrics,
+        metrics: metrics.clone(),
         runtime: Arc::new(runtime),
     };
     let app = api::router(state, &args);
@@ -63,7 +65,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "listening");
 
     let shutdown_started = Arc::new(Notify::new());
-    let server = axum::serve(listener, app).with_graceful_shutdown({
+    let server = connections::serve(listener, app, args.connection_limits(), metrics, {
         let shutdown_started = shutdown_started.clone();
         async move {
             shutdown_requested.await;
