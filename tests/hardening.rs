@@ -167,3 +167,50 @@ fn requests_whose_clients_hung_up_are_not_run() {
     assert!(ran < 100.0, "{ran} of 600 abandoned requests were run ({abandoned} dropped)");
     assert!(abandoned > 0.0, "none was counted as abandoned");
 }
+
+#[test]
+fn corrupt_and_foreign_model_folders_are_listed_as_broken_and_break_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::path::Path::new(SHIPPED).join("mnist-ssvae/v1");
+    let models = dir.path().join("models");
+    let folder = |name: &str| {
+        let path = models.join(name).join("v1");
+        std::fs::create_dir_all(&path).unwrap();
+        path
+    };
+    for file in ["manifest.json", "model.safetensors"] {
+        std::fs::copy(shipped.join(file), folder("good").join(file)).unwrap();
+    }
+    std::fs::write(folder("garbled").join("manifest.json"), b"{\"format_version\": 1, \"name\": ").unwrap();
+    std::fs::copy(shipped.join("manifest.json"), folder("truncated").join("manifest.json")).unwrap();
+    let weights = std::fs::read(shipped.join("model.safetensors")).unwrap();
+    std::fs::write(folder("truncated").join("model.safetensors"), &weights[..weights.len() / 2]).unwrap();
+    std::fs::copy(shipped.join("manifest.json"), folder("foreign").join("manifest.json")).unwrap();
+    tch::Tensor::write_safetensors(
+        &[("encoder.weight", tch::Tensor::zeros([3, 3], tch::kind::FLOAT_CPU))],
+        folder("foreign").join("model.safetensors"),
+    )
+    .unwrap();
+
+    let server = Server::start(ServerOptions { models_dir: Some(models), default_model: "good".into(), ..Default::default() });
+    server.wait_ready();
+    let http = client();
+    let listing: serde_json::Value = http.get(server.url("/v1/models")).send().unwrap().json().unwrap();
+    let broken = |name: &str| -> Option<String> {
+        let entry =
+            listing.as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} is not listed: {listing}"));
+        entry["versions"][0]["broken"].as_str().map(String::from)
+    };
+    assert_eq!(broken("good"), None);
+    assert!(broken("garbled").unwrap().contains("invalid manifest"), "{listing}");
+    assert!(broken("truncated").unwrap().contains("truncated"), "{listing}");
+    let foreign = broken("foreign").unwrap();
+    assert!(foreign.contains("weights do not match the manifest") && foreign.contains("unexpected tensor `encoder.weight`"), "{foreign}");
+    for name in ["garbled", "truncated", "foreign"] {
+        let answer = http.get(server.url(&format!("/v1/models/{name}/sample"))).send().unwrap();
+        assert!(answer.status().is_client_error() || answer.status() == 503, "{name}: {}", answer.status());
+        assert_eq!(answer.headers()["content-type"], "application/problem+json");
+    }
+    assert_eq!(http.get(server.url("/v1/models/good/sample?n=2")).send().unwrap().status(), 200);
+    assert_eq!(http.get(server.url("/readyz")).send().unwrap().status(), 200);
+}

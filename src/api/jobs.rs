@@ -167,11 +167,35 @@ pub struct ModelEntry {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct VersionSummary {
     pub version: u32,
-    #[schema(value_type = String)]
-    pub architecture: crate::models::Architecture,
-    pub dataset: String,
-    pub metrics: std::collections::BTreeMap<String, f64>,
-    pub created_at: String,
+    /// Why this version cannot be served (an unreadable manifest, weights that do not match it);
+    /// absent when it can. A broken version has none of the fields below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broken: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub architecture: Option<crate::models::Architecture>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<std::collections::BTreeMap<String, f64>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+impl VersionSummary {
+    fn new(version: u32, checked: Result<Manifest, crate::models::ModelError>) -> Self {
+        match checked {
+            Ok(m) => Self {
+                version,
+                broken: None,
+                architecture: Some(m.config.architecture),
+                dataset: Some(m.dataset),
+                metrics: Some(m.metrics),
+                created_at: Some(m.created_at.to_rfc3339()),
+            },
+            Err(why) => Self { version, broken: Some(why.to_string()), architecture: None, dataset: None, metrics: None, created_at: None },
+        }
+    }
 }
 
 fn entries(state: &AppState, filter: Option<&str>) -> Vec<ModelEntry> {
@@ -182,22 +206,14 @@ fn entries(state: &AppState, filter: Option<&str>) -> Vec<ModelEntry> {
         .filter(|(name, _)| filter.is_none_or(|f| f == name))
         .map(|(name, versions)| ModelEntry {
             default: name == default_name,
-            versions: versions
-                .into_iter()
-                .map(|(version, m)| VersionSummary {
-                    version,
-                    architecture: m.config.architecture,
-                    dataset: m.dataset,
-                    metrics: m.metrics,
-                    created_at: m.created_at.to_rfc3339(),
-                })
-                .collect(),
+            versions: versions.into_iter().map(|(version, checked)| VersionSummary::new(version, checked)).collect(),
             name,
         })
         .collect()
 }
 
-/// Every published model with its versions; the default one is marked.
+/// Every published model with its versions; the default one is marked, and versions that cannot
+/// be served are listed as broken, with the reason.
 #[utoipa::path(get, path = "/v1/models", tag = "models", responses((status = 200, body = Vec<ModelEntry>)))]
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<Vec<ModelEntry>>, ApiError> {
     Ok(Json(blocking(move || entries(&state, None)).await?))

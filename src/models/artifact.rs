@@ -73,20 +73,8 @@ pub fn load(dir: &Path, device: Device) -> Result<(Manifest, LoadedModel), Model
     let stored: BTreeMap<String, Tensor> =
         Tensor::read_safetensors(&weights).map_err(|e| artifact_error(&weights, e))?.into_iter().collect();
     let expected = loaded.vars.variables();
-    let mut problems = Vec::new();
-    for (name, var) in &expected {
-        match stored.get(name) {
-            None => problems.push(format!("missing tensor `{name}`")),
-            Some(t) if t.size() != var.size() => {
-                problems.push(format!("`{name}` has shape {:?}, the manifest's layers need {:?}", t.size(), var.size()))
-            }
-            Some(_) => {}
-        }
-    }
-    problems.extend(stored.keys().filter(|n| !expected.contains_key(*n)).map(|n| format!("unexpected tensor `{n}`")));
-    if !problems.is_empty() {
-        return Err(artifact_error(&weights, format!("weights do not match the manifest: {}", problems.join("; "))));
-    }
+    let expected_shapes = expected.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+    check_shapes(&weights, &expected_shapes, &stored.iter().map(|(n, t)| (n.clone(), t.size())).collect())?;
     tch::no_grad(|| {
         for (name, mut var) in expected {
             var.copy_(&stored[&name]);
@@ -94,6 +82,76 @@ pub fn load(dir: &Path, device: Device) -> Result<(Manifest, LoadedModel), Model
     });
     loaded.vars.freeze();
     Ok((manifest, loaded))
+}
+
+/// Whether a model directory could be loaded, without reading its weights: the manifest, and
+/// the weights file's header (its tensors' names and shapes, and that the file holds their data)
+/// against the layers the manifest describes. A listing uses it to mark broken versions.
+pub fn check(dir: &Path) -> Result<Manifest, ModelError> {
+    let manifest = read_manifest(dir)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    let stored = safetensors_shapes(&weights).map_err(|why| artifact_error(&weights, why))?;
+    // The layers' shapes, from a model built on the CPU and dropped.
+    let expected = build(&manifest.config, Device::Cpu)?.vars.variables().into_iter().map(|(n, t)| (n, t.size())).collect();
+    check_shapes(&weights, &expected, &stored)?;
+    Ok(manifest)
+}
+
+type Shapes = BTreeMap<String, Vec<i64>>;
+
+fn check_shapes(weights: &Path, expected: &Shapes, stored: &Shapes) -> Result<(), ModelError> {
+    let mut problems = Vec::new();
+    for (name, shape) in expected {
+        match stored.get(name) {
+            None => problems.push(format!("missing tensor `{name}`")),
+            Some(found) if found != shape => problems.push(format!("`{name}` has shape {found:?}, the manifest's layers need {shape:?}")),
+            Some(_) => {}
+        }
+    }
+    problems.extend(stored.keys().filter(|n| !expected.contains_key(*n)).map(|n| format!("unexpected tensor `{n}`")));
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(artifact_error(weights, format!("weights do not match the manifest: {}", problems.join("; "))))
+    }
+}
+
+/// Tensor names and shapes from a safetensors file's header: an 8-byte little-endian length,
+/// then that many bytes of JSON, then the data the header's offsets point into.
+fn safetensors_shapes(path: &Path) -> Result<Shapes, String> {
+    #[derive(Deserialize)]
+    struct Entry {
+        shape: Vec<i64>,
+        data_offsets: [u64; 2],
+    }
+    use std::io::Read;
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    let file_len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len).map_err(|_| "not a safetensors file: shorter than its header".to_string())?;
+    let header_len = u64::from_le_bytes(len);
+    if header_len > file_len.saturating_sub(8) {
+        return Err(format!("not a safetensors file: a header of {header_len} bytes in a file of {file_len}"));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let mut entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("not a safetensors file: its header is not JSON ({e})"))?;
+    entries.remove("__metadata__");
+    let mut shapes = Shapes::new();
+    let mut data_end = 0;
+    for (name, entry) in entries {
+        let entry: Entry = serde_json::from_value(entry).map_err(|e| format!("tensor `{name}` in the header: {e}"))?;
+        data_end = data_end.max(entry.data_offsets[1]);
+        shapes.insert(name, entry.shape);
+    }
+    if 8 + header_len + data_end != file_len {
+        return Err(format!(
+            "truncated or padded: the header describes {data_end} bytes of data, the file holds {}",
+            file_len - 8 - header_len
+        ));
+    }
+    Ok(shapes)
 }
 
 /// `<models_dir>/<name>/v<N>` for each published version N, ascending.
@@ -111,8 +169,11 @@ pub fn versions(models_dir: &Path, name: &str) -> Vec<(u32, PathBuf)> {
     found
 }
 
-/// Every published model: names (sorted) with their versions' manifests, ascending.
-pub fn list(models_dir: &Path) -> Vec<(String, Vec<(u32, Manifest)>)> {
+/// A published version as a listing sees it: its manifest, or why it cannot be served.
+pub type ListedVersion = (u32, Result<Manifest, ModelError>);
+
+/// Every published model: names (sorted) with their versions, ascending, each checked.
+pub fn list(models_dir: &Path) -> Vec<(String, Vec<ListedVersion>)> {
     let mut names: Vec<String> = std::fs::read_dir(models_dir)
         .into_iter()
         .flatten()
@@ -124,12 +185,8 @@ pub fn list(models_dir: &Path) -> Vec<(String, Vec<(u32, Manifest)>)> {
     names.sort();
     names
         .into_iter()
-        .map(|name| {
-            let versions =
-                versions(models_dir, &name).into_iter().filter_map(|(v, dir)| read_manifest(&dir).ok().map(|m| (v, m))).collect();
-            (name, versions)
-        })
-        .filter(|(_, versions): &(String, Vec<(u32, Manifest)>)| !versions.is_empty())
+        .map(|name| (name.clone(), versions(models_dir, &name).into_iter().map(|(v, dir)| (v, check(&dir))).collect::<Vec<_>>()))
+        .filter(|(_, versions)| !versions.is_empty())
         .collect()
 }
 

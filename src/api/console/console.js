@@ -113,8 +113,13 @@ async function loadModels() {
     const latest = Math.max(...entry.versions.map((v) => v.version));
     for (const version of [...entry.versions].sort((a, b) => b.version - a.version)) {
       const isDefault = entry.default && version.version === latest;
-      const label = `${entry.name} v${version.version} · ${version.architecture}${isDefault ? " (default)" : ""}`;
+      const what = version.broken ? "broken" : version.architecture;
+      const label = `${entry.name} v${version.version} · ${what}${isDefault ? " (default)" : ""}`;
       const option = el("option", { value: `${entry.name}@${version.version}`, text: label });
+      if (version.broken) {
+        option.disabled = true;
+        option.title = version.broken;
+      }
       if (isDefault) option.dataset.default = "true";
       select.append(option);
     }
@@ -124,7 +129,8 @@ async function loadModels() {
     return;
   }
   const keep = [...select.options].find((o) => o.value === previous);
-  const fallback = [...select.options].find((o) => o.dataset.default) || select.options[0];
+  const fallback = [...select.options].find((o) => o.dataset.default && !o.disabled) || [...select.options].find((o) => !o.disabled);
+  if (!fallback) return;
   select.value = (keep || fallback).value;
   if (!keep) await selectModel();
 }
