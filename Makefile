@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export VAE_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: setup browser-setup build run test lint openapi fmt
+.PHONY: setup browser-setup test-tools build run test lint openapi fmt
 
 setup:
 	@scripts/setup-libtorch.sh
@@ -15,13 +15,17 @@ setup:
 browser-setup:
 	@scripts/setup-browser-tests.sh
 
+# schemathesis, for the OpenAPI contract test.
+test-tools: setup
+	@scripts/setup-test-tools.sh
+
 build: setup
 	cargo build --release --locked
 
 run: build
 	./target/release/vae-serve serve
 
-test: setup browser-setup
+test: setup browser-setup test-tools
 	cargo test --locked -- --test-threads=2
 
 # Formatting and lints gate every CI run (.ci/run).

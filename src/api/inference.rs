@@ -87,10 +87,10 @@ pub struct SampleQuery {
     #[param(example = "3")]
     pub label: Option<String>,
     /// Scale of the prior's standard deviation (0 < T ≤ 10).
-    #[param(default = 1.0)]
+    #[param(default = 1.0, exclusive_minimum = 0.0, maximum = 10.0)]
     pub temperature: Option<f64>,
-    /// Random seed: the same seed gives the same images.
-    #[param(default = 0)]
+    /// Random seed (0 to 2⁶³−1): the same seed gives the same images.
+    #[param(default = 0, minimum = 0, maximum = 9223372036854775807_i64)]
     pub seed: Option<u64>,
     #[param(inline)]
     pub format: Option<Format>,
@@ -107,6 +107,15 @@ pub struct GeneratedJson {
     pub images: Vec<String>,
     /// The latent code of each image.
     pub latents: Vec<Vec<f32>>,
+}
+
+/// Seeds go to torch as signed 64-bit integers.
+fn seed(seed: Option<u64>) -> Result<u64, ApiError> {
+    let seed = seed.unwrap_or(0);
+    if seed > i64::MAX as u64 {
+        return Err(ApiError::BadRequest(format!("seed = {seed} is above the largest seed, 2^63-1")));
+    }
+    Ok(seed)
 }
 
 fn count(n: Option<usize>, default: usize, what: &str) -> Result<usize, ApiError> {
@@ -130,7 +139,7 @@ pub async fn sample(State(state): State<AppState>, Model(model): Model, Query(qu
     if !(temperature > 0.0 && temperature <= 10.0) {
         return Err(ApiError::BadRequest(format!("temperature = {temperature} must be in (0, 10]")));
     }
-    let task = Task::Sample { n, label: query.label, temperature, seed: query.seed.unwrap_or(0) };
+    let task = Task::Sample { n, label: query.label, temperature, seed: seed(query.seed)? };
     let model = state.models.get(&model).await?;
     let outcome = model.run(task).await?;
     generated_response(model.info(), outcome, query.format.unwrap_or_default(), render::square_columns(n)).await
@@ -145,10 +154,10 @@ pub struct InterpolateQuery {
     /// End label (index or name); omit when posting two images.
     pub to: Option<String>,
     /// Images along the way, ends included (2–256).
-    #[param(default = 10)]
+    #[param(default = 10, minimum = 2, maximum = 256)]
     pub steps: Option<usize>,
-    /// Seed of the shared code for label interpolation.
-    #[param(default = 0)]
+    /// Seed of the shared code for label interpolation (0 to 2⁶³−1).
+    #[param(default = 0, minimum = 0, maximum = 9223372036854775807_i64)]
     pub seed: Option<u64>,
     #[param(inline)]
     pub format: Option<Format>,
@@ -177,7 +186,7 @@ pub async fn interpolate_labels(
     let (Some(from), Some(to)) = (query.from.clone(), query.to.clone()) else {
         return Err(ApiError::BadRequest("give both `from` and `to` labels (or POST two images)".into()));
     };
-    let task = Task::Interpolate { from: Endpoint::Label(from), to: Endpoint::Label(to), steps, seed: query.seed.unwrap_or(0) };
+    let task = Task::Interpolate { from: Endpoint::Label(from), to: Endpoint::Label(to), steps, seed: seed(query.seed)? };
     let model = state.models.get(&model).await?;
     let outcome = model.run(task).await?;
     generated_response(model.info(), outcome, query.format.unwrap_or_default(), steps).await

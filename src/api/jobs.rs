@@ -60,9 +60,9 @@ pub struct ListQuery {
     #[param(inline)]
     pub state: Option<JobState>,
     /// Page size (1–200).
-    #[param(default = 50)]
+    #[param(default = 50, minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
-    #[param(default = 0)]
+    #[param(default = 0, minimum = 0)]
     pub offset: Option<usize>,
 }
 
@@ -110,7 +110,7 @@ pub async fn cancel(State(state): State<AppState>, Path(id): Path<i64>) -> Resul
 /// Progress as Server-Sent Events: a `snapshot` of the job, then `step`, `epoch` and a final
 /// `finished` event, after which the stream ends.
 #[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "training", params(("id" = i64, Path)), responses(
-    (status = 200, description = "text/event-stream of JSON events", content_type = "text/event-stream", body = String),
+    (status = 200, description = "text/event-stream: each event has a name (`snapshot`, `step`, `epoch`, `finished`) and JSON data", content_type = "text/event-stream", body = Object),
     (status = 404, body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn events(

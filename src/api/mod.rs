@@ -100,10 +100,62 @@ pub fn openapi_json() -> String {
             paths.insert(format!("{prefix}{path}"), item);
         }
     }
+    for (path, item) in paths.iter_mut() {
+        for (method, operation) in item.as_object_mut().expect("path item").iter_mut() {
+            document_shared_answers(path, method, operation);
+        }
+    }
     let mut alias = paths["/v1/train"].clone();
     alias["post"]["operationId"] = serde_json::Value::String("submit_alias".into());
     paths.insert("/train".into(), alias);
     serde_json::to_string_pretty(&doc).expect("OpenAPI document serialises") + "\n"
+}
+
+/// Adds to an operation the answers that come from the shared layers rather than its handler:
+/// extractor rejections, the API key, the body limit, the timeout, model lookups. Also marks
+/// the labels a label interpolation needs as required, and gives model path parameters the
+/// shipped model as their example, so generated calls reach a real model.
+fn document_shared_answers(path: &str, method: &str, operation: &mut serde_json::Value) {
+    let has_parameters = operation["parameters"].as_array().is_some_and(|p| !p.is_empty());
+    let has_body = operation.get("requestBody").is_some();
+    let has_path_parameters = path.contains('{');
+    let is_inference = INFERENCE_PATHS.iter().any(|p| path.ends_with(p));
+    let is_probe = matches!(path, "/healthz" | "/readyz");
+    let mut shared: Vec<(&str, &str)> = vec![("408", "the request took longer than VAE_REQUEST_TIMEOUT_SECS")];
+    if has_parameters || has_body {
+        shared.push(("400", "a parameter or body that cannot be read: wrong type, out of range, unknown field"));
+    }
+    if !is_probe {
+        shared.push(("401", "an API key is configured and was not given (for reads only with VAE_AUTH_ALL)"));
+    }
+    if has_path_parameters || is_inference {
+        shared.push(("404", "no such model, version or job"));
+    }
+    if has_body {
+        shared.push(("413", "the body is larger than VAE_MAX_BODY_BYTES"));
+        shared.push(("415", "a content type this operation does not take"));
+    }
+    if is_inference {
+        shared.push(("503", "the model cannot be loaded, or its queue is full (Retry-After)"));
+    }
+    let responses = operation["responses"].as_object_mut().expect("responses object");
+    for (status, description) in shared {
+        responses.entry(status).or_insert_with(|| {
+            serde_json::json!({
+                "description": description,
+                "content": {problem::PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+            })
+        });
+    }
+    let label_interpolation = method == "get" && path.ends_with("/interpolate");
+    for parameter in operation.get_mut("parameters").and_then(|p| p.as_array_mut()).into_iter().flatten() {
+        match (parameter["in"].as_str(), parameter["name"].as_str()) {
+            (Some("query"), Some("from" | "to")) if label_interpolation => parameter["required"] = serde_json::Value::Bool(true),
+            (Some("path"), Some("name")) if path.starts_with("/v1/models/") => parameter["example"] = "mnist-ssvae".into(),
+            (Some("path"), Some("version")) => parameter["example"] = 1.into(),
+            _ => {}
+        }
+    }
 }
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

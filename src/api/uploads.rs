@@ -21,6 +21,7 @@ pub struct Uploads(pub Vec<Bytes>);
 #[serde(deny_unknown_fields)]
 pub struct ImagesJson {
     /// Base64-encoded image files (PNG, JPEG, …); a `data:image/...;base64,` prefix is accepted.
+    #[schema(min_items = 1, max_items = 64)]
     pub images: Vec<String>,
 }
 
