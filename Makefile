@@ -6,7 +6,7 @@ export LIBTORCH_USE_PYTORCH := 1
 export PATH := $(VENV)/bin:$(PATH)
 export VAE_DATA_DIR ?= $(abspath $(CURDIR)/../shared/data)
 
-.PHONY: setup browser-setup test-tools build run test lint openapi fmt
+.PHONY: setup browser-setup test-tools build run test lint fuzz container-test openapi fmt
 
 setup:
 	@scripts/setup-libtorch.sh
@@ -32,6 +32,14 @@ test: setup browser-setup test-tools
 lint: setup
 	cargo fmt --check
 	cargo clippy --locked --all-targets -- -D warnings
+
+# Every cargo-fuzz target for FUZZ_SECONDS (default 60) from the committed seed corpus.
+fuzz: setup
+	@scripts/fuzz.sh
+
+# The Dockerfile built with podman (base images made offline) and the image run and checked.
+container-test:
+	@scripts/container-test.sh
 
 openapi: build
 	./target/release/vae-serve openapi > openapi/openapi.json

@@ -39,7 +39,8 @@ pub fn parse(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
         return Err(bad("truncated header".into()));
     }
     let dims: Vec<usize> = bytes[4..header].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as usize).collect();
-    let expected = dims.iter().product::<usize>();
+    // A hostile header can name dimensions whose product overflows.
+    let expected = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| bad(format!("dims {dims:?} are too large")))?;
     let data = &bytes[header..];
     if data.len() != expected {
         return Err(bad(format!("header promises {expected} bytes for dims {dims:?}, file holds {}", data.len())));
@@ -80,6 +81,9 @@ mod tests {
         let mut wrong_type = idx(&[1], &[0, 0, 0, 0]);
         wrong_type[2] = 0x0d;
         assert!(parse(&wrong_type, p).unwrap_err().to_string().contains("0x0d"));
+        // 2^32 · 2^32 · 2 overflows: refused, not wrapped around to the data's length.
+        let huge = idx(&[u32::MAX, u32::MAX, u32::MAX], &[0; 8]);
+        assert!(parse(&huge, p).unwrap_err().to_string().contains("too large"));
     }
 
     #[test]

@@ -53,12 +53,18 @@ pub fn write(dir: &Path, loaded: &LoadedModel, manifest: &Manifest) -> Result<()
 pub fn read_manifest(dir: &Path) -> Result<Manifest, ModelError> {
     let path = dir.join(MANIFEST_FILE);
     let bytes = std::fs::read(&path).map_err(|e| artifact_error(&path, e))?;
-    let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| artifact_error(&path, format!("invalid manifest: {e}")))?;
+    parse_manifest(&bytes).map_err(|why| match why {
+        ModelError::Config(why) => artifact_error(&path, why),
+        other => other,
+    })
+}
+
+/// A manifest from the bytes of `manifest.json`: well-formed, of this format version, with a
+/// configuration that can be built.
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ModelError> {
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| ModelError::Config(format!("invalid manifest: {e}")))?;
     if manifest.format_version != FORMAT_VERSION {
-        return Err(artifact_error(
-            &path,
-            format!("format version {} is not supported (expected {FORMAT_VERSION})", manifest.format_version),
-        ));
+        return Err(ModelError::Config(format!("format version {} is not supported (expected {FORMAT_VERSION})", manifest.format_version)));
     }
     manifest.config.validate()?;
     Ok(manifest)
@@ -97,7 +103,8 @@ pub fn check(dir: &Path) -> Result<Manifest, ModelError> {
     Ok(manifest)
 }
 
-type Shapes = BTreeMap<String, Vec<i64>>;
+/// Tensor names and their shapes.
+pub type Shapes = BTreeMap<String, Vec<i64>>;
 
 fn check_shapes(weights: &Path, expected: &Shapes, stored: &Shapes) -> Result<(), ModelError> {
     let mut problems = Vec::new();
@@ -116,40 +123,46 @@ fn check_shapes(weights: &Path, expected: &Shapes, stored: &Shapes) -> Result<()
     }
 }
 
-/// Tensor names and shapes from a safetensors file's header: an 8-byte little-endian length,
-/// then that many bytes of JSON, then the data the header's offsets point into.
+/// Tensor names and shapes from a safetensors file's header, reading only the header.
 fn safetensors_shapes(path: &Path) -> Result<Shapes, String> {
-    #[derive(Deserialize)]
-    struct Entry {
-        shape: Vec<i64>,
-        data_offsets: [u64; 2],
-    }
     use std::io::Read;
     let mut file = File::open(path).map_err(|e| e.to_string())?;
     let file_len = file.metadata().map_err(|e| e.to_string())?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).map_err(|_| "not a safetensors file: shorter than its header".to_string())?;
-    let header_len = u64::from_le_bytes(len);
+    let mut start = [0u8; 8];
+    file.read_exact(&mut start).map_err(|_| "not a safetensors file: shorter than its header".to_string())?;
+    let header_len = u64::from_le_bytes(start);
     if header_len > file_len.saturating_sub(8) {
         return Err(format!("not a safetensors file: a header of {header_len} bytes in a file of {file_len}"));
     }
     let mut header = vec![0u8; header_len as usize];
     file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    parse_safetensors_header(&header, file_len - 8 - header_len)
+}
+
+/// The tensors a safetensors header (the JSON after the 8-byte length) describes, checked
+/// against the `data_len` bytes of data that follow it.
+pub fn parse_safetensors_header(header: &[u8], data_len: u64) -> Result<Shapes, String> {
+    #[derive(Deserialize)]
+    struct Entry {
+        shape: Vec<i64>,
+        data_offsets: [u64; 2],
+    }
     let mut entries: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(&header).map_err(|e| format!("not a safetensors file: its header is not JSON ({e})"))?;
+        serde_json::from_slice(header).map_err(|e| format!("not a safetensors file: its header is not JSON ({e})"))?;
     entries.remove("__metadata__");
     let mut shapes = Shapes::new();
     let mut data_end = 0;
     for (name, entry) in entries {
         let entry: Entry = serde_json::from_value(entry).map_err(|e| format!("tensor `{name}` in the header: {e}"))?;
-        data_end = data_end.max(entry.data_offsets[1]);
+        let [begin, end] = entry.data_offsets;
+        if begin > end || entry.shape.iter().any(|&d| d < 0) {
+            return Err(format!("tensor `{name}` in the header: offsets {begin}..{end}, shape {:?}", entry.shape));
+        }
+        data_end = data_end.max(end);
         shapes.insert(name, entry.shape);
     }
-    if 8 + header_len + data_end != file_len {
-        return Err(format!(
-            "truncated or padded: the header describes {data_end} bytes of data, the file holds {}",
-            file_len - 8 - header_len
-        ));
+    if data_end != data_len {
+        return Err(format!("truncated or padded: the header describes {data_end} bytes of data, the file holds {data_len}"));
     }
     Ok(shapes)
 }

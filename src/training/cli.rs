@@ -166,10 +166,22 @@ impl TrainArgs {
 /// Training options from a TOML file (by its extension) or a JSON one; unknown keys are errors.
 fn read_options(path: &Path) -> anyhow::Result<TrainOptions> {
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    let toml = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml"));
-    let parsed =
-        if toml { toml::from_str(&text).map_err(anyhow::Error::from) } else { serde_json::from_str(&text).map_err(anyhow::Error::from) };
-    let options: TrainOptions = parsed.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let format = if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("toml")) { ConfigFormat::Toml } else { ConfigFormat::Json };
+    parse_options(&text, format).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    Toml,
+    Json,
+}
+
+/// Training options from the text of a config file, validated.
+pub fn parse_options(text: &str, format: ConfigFormat) -> anyhow::Result<TrainOptions> {
+    let options: TrainOptions = match format {
+        ConfigFormat::Toml => toml::from_str(text)?,
+        ConfigFormat::Json => serde_json::from_str(text)?,
+    };
     options.validate()?;
     Ok(options)
 }
