@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use crate::telemetry::Metrics;
@@ -118,6 +118,8 @@ struct Activity {
     idle_since_ms: AtomicU64,
     /// One more than when the first byte of a request still being read arrived; 0 when none.
     head_started_ms: AtomicU64,
+    /// Wakes the watchdog when a head starts: its deadline may come before the one it sleeps to.
+    head_started: Notify,
 }
 
 impl Activity {
@@ -127,6 +129,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
             head_started_ms: AtomicU64::new(0),
+            head_started: Notify::new(),
         }
     }
 
@@ -136,8 +139,11 @@ impl Activity {
 
     /// Bytes arrived: between requests, they start the next request's head.
     fn bytes_read(&self) {
-        if self.in_flight.load(Ordering::Acquire) == 0 && self.head_started_ms.load(Ordering::Relaxed) == 0 {
-            let _ = self.head_started_ms.compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started_ms.load(Ordering::Relaxed) == 0
+            && self.head_started_ms.compare_exchange(0, self.now_ms() + 1, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        {
+            self.head_started.notify_one();
         }
     }
 
@@ -238,6 +244,7 @@ async fn serve_connection(
                 break;
             }
             () = tokio::time::sleep_until(next_look.into()) => {}
+            () = activity.head_started.notified() => {}
             changed = stopping.changed(), if !shutting_down => {
                 if changed.is_ok() {
                     shutting_down = true;
