@@ -165,8 +165,9 @@ fn requests_whose_clients_hung_up_are_not_run() {
     }
     let ran = metric(&server, &series("ok"));
     let abandoned = metric(&server, &series("abandoned"));
-    assert!(ran < 100.0, "{ran} of 600 abandoned requests were run ({abandoned} dropped)");
-    assert!(abandoned > 0.0, "none was counted as abandoned");
+    // Requests whose hang-up is seen before they reach the queue are never queued at all; the
+    // rest are dropped by the model thread (counted as abandoned; its unit test checks that).
+    assert!(ran < 100.0, "{ran} of 600 abandoned requests were run ({abandoned} dropped from the queue)");
 }
 
 #[test]

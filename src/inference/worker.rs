@@ -286,3 +286,51 @@ fn plan_interpolation(model: &LoadedModel, from: &Endpoint, to: &Endpoint, steps
         _ => Err(InferenceError::BadRequest("interpolate between two labels or between two images".into())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(rows: usize) -> (Job, tokio::sync::oneshot::Receiver<Result<Outcome, InferenceError>>) {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        (Job { task: Task::Sample { n: rows, label: None, temperature: 1.0, seed: 0 }, enqueued: Instant::now(), reply }, answer)
+    }
+
+    #[test]
+    fn jobs_whose_callers_left_are_dropped_from_the_batch_and_counted() {
+        let batching = BatchingConfig {
+            max_batch_size: 64,
+            max_batch_delay: std::time::Duration::ZERO,
+            queue_capacity: 16,
+            loaded_models: 1,
+            threads: 1,
+        };
+        let context = Context { id: "m@1".into(), dir: PathBuf::new(), device: Device::Cpu, batching, metrics: Arc::new(Metrics::new()) };
+        let (jobs, queue) = std::sync::mpsc::sync_channel(16);
+        let mut waiting = Vec::new();
+        for i in 0..6 {
+            let (job, answer) = job(1);
+            jobs.send(job).unwrap();
+            // Callers 0, 2 and 4 hang up; 1, 3 and 5 wait.
+            if i % 2 == 1 {
+                waiting.push(answer);
+            }
+        }
+        let batch = next_batch(&queue, &context).unwrap();
+        assert_eq!(batch.len(), 3);
+        assert!(batch.iter().all(|job| !job.reply.is_closed()));
+        let abandoned = context.metrics.inference_requests.with_label_values(&["m@1", "abandoned"]).get();
+        assert_eq!(abandoned, 3);
+        // A queue of only abandoned jobs yields no batch: the thread waits for the next live one.
+        drop(batch);
+        for _ in 0..2 {
+            jobs.send(job(1).0).unwrap();
+        }
+        let (live, _answer) = job(2);
+        jobs.send(live).unwrap();
+        let batch = next_batch(&queue, &context).unwrap();
+        assert_eq!((batch.len(), batch[0].task.rows()), (1, 2));
+        assert_eq!(context.metrics.inference_requests.with_label_values(&["m@1", "abandoned"]).get(), 5);
+        drop(waiting);
+    }
+}
