@@ -9,14 +9,18 @@
 
 ARG VARIANT=cpu
 ARG TORCH_VERSION=2.11.0
+# Where the CPU image gets torch: its CPU-only index by default; empty means pip's default index
+# (PyPI), which is what a network with only PyPI reaches (scripts/container-test.sh builds so).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 FROM rust:1-bookworm AS build
 ARG VARIANT
 ARG TORCH_VERSION
+ARG TORCH_INDEX_URL
 RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/torch \
- && if [ "$VARIANT" = "cpu" ]; then \
-      /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu; \
+ && if [ "$VARIANT" = "cpu" ] && [ -n "$TORCH_INDEX_URL" ]; then \
+      /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL"; \
     else \
       /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}"; \
     fi
@@ -44,6 +48,7 @@ ENV VAE_ADDR=0.0.0.0:8080 \
     VAE_DEVICE=auto \
     VAE_LOG_FORMAT=json
 EXPOSE 8080
-HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
+# The port VAE_ADDR gives (8080 unless changed at run time).
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 CMD curl -fsS "http://127.0.0.1:${VAE_ADDR##*:}/healthz" || exit 1
 ENTRYPOINT ["vae-serve"]
 CMD ["serve"]
