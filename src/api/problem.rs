@@ -71,12 +71,17 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        let title = status.canonical_reason().unwrap_or("Error").to_string();
+        let slug = title.to_ascii_lowercase().replace(' ', "-");
+        Problem { kind: format!("urn:vae-serve:problem:{slug}"), title, status: status.as_u16(), detail: detail.into() }
+    }
+}
+
 /// A problem response for `status` with `detail`.
 pub fn problem_response(status: StatusCode, detail: impl Into<String>) -> Response {
-    let title = status.canonical_reason().unwrap_or("Error").to_string();
-    let slug = title.to_ascii_lowercase().replace(' ', "-");
-    let problem = Problem { kind: format!("urn:vae-serve:problem:{slug}"), title, status: status.as_u16(), detail: detail.into() };
-    let body = serde_json::to_vec(&problem).expect("problem serialises");
+    let body = serde_json::to_vec(&Problem::new(status, detail)).expect("problem serialises");
     (status, [(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE))], body).into_response()
 }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::http::StatusCode;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -21,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
+use crate::api::problem::{Problem, PROBLEM_CONTENT_TYPE};
 use crate::telemetry::Metrics;
 
 /// How connections are limited; every field is a setting (README, "Limits and timeouts").
@@ -81,12 +83,13 @@ pub async fn serve(
 }
 
 /// A 503 for a connection over the cap, written without waiting: a client that cannot take it
-/// at once gets the connection closed.
+/// at once gets the connection closed. It is written by hand because no HTTP connection is served.
 fn refuse(stream: TcpStream) {
-    const BODY: &str = r#"{"type":"urn:vae-serve:problem:service-unavailable","title":"Service Unavailable","status":503,"detail":"too many open connections (VAE_MAX_CONNECTIONS); retry shortly"}"#;
+    let problem = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "too many open connections (VAE_MAX_CONNECTIONS); retry shortly");
+    let body = serde_json::to_string(&problem).expect("problem serialises");
     let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{BODY}",
-        BODY.len()
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: {PROBLEM_CONTENT_TYPE}\r\ncontent-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\r\n{body}",
+        body.len()
     );
     let _ = stream.try_write(answer.as_bytes());
 }
