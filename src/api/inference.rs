@@ -16,26 +16,17 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::problem::{ApiError, Problem};
 use super::uploads::{ImagesJson, Uploads};
-use super::{blocking, AppState};
+use super::AppState;
 use crate::inference::input::{self, Conversion};
-use crate::inference::{Endpoint, Generated, InferenceError, ModelInfo, ModelRef, Outcome, ServingModel, Task, Want};
+use crate::inference::{
+    Analysis, Conditioning, Endpoint, Generated, InferenceError, ModelInfo, ModelRef, Outcome, ServingModel, Task, Want,
+};
 use crate::render::{self, ImageBatch};
 
-/// Most samples (or interpolation steps) one request may ask for.
-pub const MAX_SAMPLES: usize = 256;
-/// Largest width or height of an uploaded image, checked before decoding.
-pub const MAX_IMAGE_SIDE: u32 = 4096;
-/// Image work (decoding uploads, encoding PNGs) on up to this many pixel positions in all (a 64×64
-/// image, grey or colour; an MNIST digit is 784) runs on the request's own thread: it takes microseconds, less than a hand-off to
-/// the blocking pool. Larger work goes to the pool, off the async runtime.
-const INLINE_IMAGE_PIXELS: u64 = 64 * 64;
+use crate::inference::MAX_SAMPLES;
 
 async fn image_work<T: Send + 'static>(pixels: u64, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
-    if pixels <= INLINE_IMAGE_PIXELS {
-        Ok(work())
-    } else {
-        blocking(work).await
-    }
+    input::image_work(pixels, work).await.map_err(input_error)
 }
 
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-model");
@@ -139,7 +130,8 @@ pub async fn sample(State(state): State<AppState>, Model(model): Model, Query(qu
     if !(temperature > 0.0 && temperature <= 10.0) {
         return Err(ApiError::BadRequest(format!("temperature = {temperature} must be in (0, 10]")));
     }
-    let task = Task::Sample { n, label: query.label, temperature, seed: seed(query.seed)? };
+    let conditioning = query.label.map_or(Conditioning::None, Conditioning::Label);
+    let task = Task::Sample { n, conditioning, codes: None, temperature, seed: seed(query.seed)? };
     let model = state.models.get(&model).await?;
     let outcome = model.run(task).await?;
     generated_response(model.info(), outcome, query.format.unwrap_or_default(), render::square_columns(n)).await
@@ -217,7 +209,7 @@ pub async fn interpolate_images(
 }
 
 async fn generated_response(info: &ModelInfo, outcome: Outcome, format: Format, columns: usize) -> Result<Response, ApiError> {
-    let Outcome::Generated(Generated { images, latents, label }) = outcome else { return Err(unexpected(outcome)) };
+    let Outcome::Generated(Generated { images, latents, label }) = outcome else { return Err(missing("generated images")) };
     let model = model_header(info);
     match format {
         Format::Png => {
@@ -276,9 +268,9 @@ pub async fn reconstruct(
     uploads: Uploads,
 ) -> Result<Response, ApiError> {
     let model = state.models.get(&model).await?;
-    let (outcome, conversions) = analyse(&model, uploads, Want::Reconstruction).await?;
+    let (analysis, conversions) = analyse(&model, uploads, Want::RECONSTRUCTION).await?;
     let info = model.info();
-    let Outcome::Reconstructed(reconstructions) = outcome else { return Err(unexpected(outcome)) };
+    let reconstructions = analysis.reconstructions.ok_or_else(|| missing("reconstructions"))?;
     let shape = info.config.image.clone();
     let header = [(MODEL_HEADER, model_header(info))];
     let batch = ImageBatch { shape, pixels: reconstructions.iter().flat_map(|r| r.pixels.iter().copied()).collect() };
@@ -336,8 +328,8 @@ pub async fn classify(State(state): State<AppState>, Model(model): Model, upload
             info.id, info.config.architecture
         )));
     }
-    let (outcome, conversions) = analyse(&model, uploads, Want::Classes).await?;
-    let Outcome::Classified(classified) = outcome else { return Err(unexpected(outcome)) };
+    let (analysis, conversions) = analyse(&model, uploads, Want::CLASSES).await?;
+    let classified = analysis.probabilities.ok_or_else(|| missing("class probabilities"))?;
     let names = &info.config.label_names;
     let results = classified
         .into_iter()
@@ -378,9 +370,9 @@ pub struct EncodeResponse {
 ))]
 pub async fn encode(State(state): State<AppState>, Model(model): Model, uploads: Uploads) -> Result<Response, ApiError> {
     let model = state.models.get(&model).await?;
-    let (outcome, conversions) = analyse(&model, uploads, Want::Code).await?;
+    let (analysis, conversions) = analyse(&model, uploads, Want::CODE).await?;
     let info = model.info();
-    let Outcome::Encoded(codes) = outcome else { return Err(unexpected(outcome)) };
+    let codes = analysis.codes.ok_or_else(|| missing("codes"))?;
     let results = codes
         .into_iter()
         .zip(conversions)
@@ -390,50 +382,26 @@ pub async fn encode(State(state): State<AppState>, Model(model): Model, uploads:
 }
 
 /// Decodes uploads to the shape of `model` and runs them on it.
-async fn analyse(model: &ServingModel, uploads: Uploads, want: Want) -> Result<(Outcome, Vec<Conversion>), ApiError> {
+async fn analyse(model: &ServingModel, uploads: Uploads, want: Want) -> Result<(Analysis, Vec<Conversion>), ApiError> {
     let (images, conversions) = decode_uploads(model.info(), uploads).await?;
-    let outcome = model.run(Task::Analyse { images, want }).await?;
-    Ok((outcome, conversions))
+    let analysis = model.analyse(images, want).await?;
+    Ok((analysis, conversions))
 }
 
-/// The model host answered with another kind of result than the task asked for: a bug.
-fn unexpected(outcome: Outcome) -> ApiError {
-    let kind = match outcome {
-        Outcome::Generated(_) => "generated images",
-        Outcome::Classified(_) => "class probabilities",
-        Outcome::Encoded(_) => "codes",
-        Outcome::Reconstructed(_) => "reconstructions",
-    };
-    ApiError::Internal(format!("the model answered with {kind}, not what the request asked for"))
+/// The model host answered without a part the task asked for: a bug.
+fn missing(part: &str) -> ApiError {
+    ApiError::Internal(format!("the model answered without the {part} the request asked for"))
 }
 
 /// Decodes and converts uploads to the model's shape.
 async fn decode_uploads(info: &ModelInfo, uploads: Uploads) -> Result<(Vec<Vec<f32>>, Vec<Conversion>), ApiError> {
-    let headers = uploads
-        .0
-        .iter()
-        .enumerate()
-        .map(|(i, bytes)| input::read_header(i, bytes, MAX_IMAGE_SIDE))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(input_error)?;
-    let pixels = headers.iter().map(input::Header::pixels).sum();
-    let shape = info.config.image.clone();
-    let decode_all = move || {
-        uploads
-            .0
-            .iter()
-            .zip(headers)
-            .enumerate()
-            .map(|(i, (bytes, header))| input::decode(i, bytes, header, &shape))
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let decoded = image_work(pixels, decode_all).await?;
-    Ok(decoded.map_err(input_error)?.into_iter().unzip())
+    input::decode_all(uploads.0, &info.config.image).await.map_err(input_error)
 }
 
 fn input_error(error: input::InputError) -> ApiError {
     match error {
         input::InputError::UnsupportedFormat { .. } => ApiError::UnsupportedMediaType(error.to_string()),
+        input::InputError::Aborted(_) => ApiError::Internal(error.to_string()),
         _ => ApiError::BadRequest(error.to_string()),
     }
 }

@@ -20,6 +20,45 @@ pub enum InputError {
     TooLarge { index: usize, width: u32, height: u32, limit: u32 },
     #[error("image {index}: cannot decode: {why}")]
     Corrupt { index: usize, why: String },
+    #[error("image decoding did not finish: {0}")]
+    Aborted(String),
+}
+
+/// Largest width or height of an uploaded image, checked before decoding.
+pub const MAX_IMAGE_SIDE: u32 = 4096;
+/// Image work (decoding uploads, encoding PNGs) on up to this many pixel positions in all (a 64×64
+/// image, grey or colour; an MNIST digit is 784) runs on the caller's own thread: it takes
+/// microseconds, less than a hand-off to the blocking pool. Larger work goes to the pool, off the
+/// async runtime.
+const INLINE_IMAGE_PIXELS: u64 = 64 * 64;
+
+/// Runs image `work` on `pixels` pixel positions inline or on the blocking pool, by its size.
+pub async fn image_work<T: Send + 'static>(pixels: u64, work: impl FnOnce() -> T + Send + 'static) -> Result<T, InputError> {
+    if pixels <= INLINE_IMAGE_PIXELS {
+        Ok(work())
+    } else {
+        tokio::task::spawn_blocking(work).await.map_err(|e| InputError::Aborted(e.to_string()))
+    }
+}
+
+/// Checks every upload's header, then decodes and converts them all to `shape`.
+pub async fn decode_all<B>(uploads: Vec<B>, shape: &ImageShape) -> Result<(Vec<Vec<f32>>, Vec<Conversion>), InputError>
+where
+    B: AsRef<[u8]> + Send + 'static,
+{
+    let headers =
+        uploads.iter().enumerate().map(|(i, bytes)| read_header(i, bytes.as_ref(), MAX_IMAGE_SIDE)).collect::<Result<Vec<_>, _>>()?;
+    let pixels = headers.iter().map(Header::pixels).sum();
+    let shape = shape.clone();
+    let decode = move || {
+        uploads
+            .iter()
+            .zip(headers)
+            .enumerate()
+            .map(|(i, (bytes, header))| decode(i, bytes.as_ref(), header, &shape))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    Ok(image_work(pixels, decode).await??.into_iter().unzip())
 }
 
 /// What was done to an upload to fit the model, reported back to the caller.

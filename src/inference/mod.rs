@@ -23,6 +23,9 @@ use crate::models::{ModelConfig, ModelError};
 use crate::render::ImageBatch;
 use crate::telemetry::Metrics;
 
+/// Most rows (samples, interpolation steps, tensor rows) one request may ask for.
+pub const MAX_SAMPLES: usize = 256;
+
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
     #[error("{0}")]
@@ -78,12 +81,26 @@ pub enum Endpoint {
     Image(Vec<f32>),
 }
 
+/// What generated images are conditioned on (semi-supervised models).
+#[derive(Debug, Clone)]
+pub enum Conditioning {
+    /// No label: the decoder sees the uniform class distribution.
+    None,
+    /// One class (index or name) for every row.
+    Label(String),
+    /// One class index per row.
+    PerRow(Vec<i64>),
+}
+
 /// Work for a model thread.
 #[derive(Debug, Clone)]
 pub enum Task {
+    /// `n` images decoded from codes: the given ones (`n × latent`, row-major), or codes drawn
+    /// from N(0, T²I) with `seed`.
     Sample {
         n: usize,
-        label: Option<String>,
+        conditioning: Conditioning,
+        codes: Option<Vec<f32>>,
         temperature: f64,
         seed: u64,
     },
@@ -100,16 +117,30 @@ pub enum Task {
     },
 }
 
-/// What an analysis of uploaded images produces. The worker runs only the parts of the model
-/// that some request in the batch needs: classifying never runs the decoder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Want {
+/// The parts of an analysis of uploaded images a request needs. The worker runs only the model
+/// parts that some request in the batch needs: classifying never runs the decoder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Want {
     /// Class probabilities q(y|x): the classifier alone.
-    Classes,
+    pub classes: bool,
     /// The posterior q(z|x): the encoder alone.
-    Code,
+    pub code: bool,
     /// Reconstruction at the posterior mean and its ELBO terms: the whole model.
-    Reconstruction,
+    pub reconstruction: bool,
+}
+
+impl Want {
+    pub const CLASSES: Want = Want { classes: true, code: false, reconstruction: false };
+    pub const CODE: Want = Want { classes: false, code: true, reconstruction: false };
+    pub const RECONSTRUCTION: Want = Want { classes: false, code: false, reconstruction: true };
+
+    pub fn union(self, other: Want) -> Want {
+        Want {
+            classes: self.classes || other.classes,
+            code: self.code || other.code,
+            reconstruction: self.reconstruction || other.reconstruction,
+        }
+    }
 }
 
 impl Task {
@@ -151,20 +182,34 @@ pub struct Reconstructed {
     pub elbo: f64,
 }
 
-/// A task's answer; an `Analyse` task gets the variant its `Want` names.
+/// The parts of an analysis that its `Want` named, one row per image.
+#[derive(Debug, Clone, Default)]
+pub struct Analysis {
+    /// Class probabilities q(y|x).
+    pub probabilities: Option<Vec<Vec<f32>>>,
+    pub codes: Option<Vec<Code>>,
+    pub reconstructions: Option<Vec<Reconstructed>>,
+}
+
+/// A task's answer: `Generated` for samples and interpolations, `Analysed` for analyses.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     Generated(Generated),
-    /// Class probabilities q(y|x), one row per image.
-    Classified(Vec<Vec<f32>>),
-    Encoded(Vec<Code>),
-    Reconstructed(Vec<Reconstructed>),
+    Analysed(Analysis),
 }
 
 struct Job {
     task: Task,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Outcome, InferenceError>>,
+}
+
+/// Where a model worker stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoadState {
+    Loading,
+    Ready,
+    Failed(String),
 }
 
 #[derive(Debug, Clone)]
@@ -205,6 +250,14 @@ impl ServingModel {
             mpsc::TrySendError::Disconnected(_) => InferenceError::WorkerGone,
         })?;
         answer.await.map_err(|_| InferenceError::WorkerGone)?
+    }
+
+    /// Runs an analysis of `images` (C×H×W each) for the parts `want` names.
+    pub async fn analyse(&self, images: Vec<Vec<f32>>, want: Want) -> Result<Analysis, InferenceError> {
+        match self.run(Task::Analyse { images, want }).await? {
+            Outcome::Analysed(analysis) => Ok(analysis),
+            Outcome::Generated(_) => unreachable!("an analysis answers with an analysis"),
+        }
     }
 }
 
@@ -330,6 +383,30 @@ impl ModelHost {
     /// Stops the worker of model `id` (`name@N`) if one is running.
     pub fn unload(&self, id: &str) {
         self.inner.workers.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+
+    /// Stops the workers of every version of model `name`.
+    pub fn unload_model(&self, name: &str) {
+        let prefix = format!("{name}@");
+        self.inner.workers.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| !id.starts_with(&prefix));
+    }
+
+    /// The models with a worker (`name@N`) and the state of each.
+    pub fn loaded(&self) -> Vec<(String, LoadState)> {
+        let workers = self.inner.workers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded: Vec<(String, LoadState)> = workers
+            .iter()
+            .map(|(id, worker)| {
+                let state = match &*worker.state.borrow() {
+                    WorkerState::Loading => LoadState::Loading,
+                    WorkerState::Ready(_) => LoadState::Ready,
+                    WorkerState::Failed(why) => LoadState::Failed(why.clone()),
+                };
+                (id.clone(), state)
+            })
+            .collect();
+        loaded.sort_by(|a, b| a.0.cmp(&b.0));
+        loaded
     }
 
     pub fn default_model_status(&self) -> DefaultModelStatus {

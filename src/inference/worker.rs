@@ -10,7 +10,10 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use tokio::sync::watch;
 
-use super::{BatchingConfig, Code, Endpoint, Generated, InferenceError, Job, ModelInfo, Outcome, Reconstructed, Task, Want, WorkerState};
+use super::{
+    Analysis, BatchingConfig, Code, Conditioning, Endpoint, Generated, InferenceError, Job, ModelInfo, Outcome, Reconstructed, Task, Want,
+    WorkerState,
+};
 use crate::models::objective::{kl_to_standard_normal, negative_log_likelihood};
 use crate::models::{self, artifact, Architecture, LoadedModel};
 use crate::telemetry::Metrics;
@@ -133,10 +136,10 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
         .collect();
     if !analysed.is_empty() {
         let pixels: Vec<f32> = analysed.iter().flat_map(|(_, images, _)| images.iter().flatten().copied()).collect();
-        let wanted: Vec<Want> = analysed.iter().map(|&(_, _, want)| want).collect();
+        let wanted = analysed.iter().fold(Want::default(), |all, &(_, _, want)| all.union(want));
         let [c, h, w] = shape.dims();
         let x = Tensor::from_slice(&pixels).view([-1, c, h, w]).to_device(device);
-        let mut analyses = Analyses::compute(model, &x, &wanted);
+        let mut analyses = Analyses::compute(model, &x, wanted);
         for &(i, images, want) in &analysed {
             results[i] = Some(analyses.next_outcome(want, images.len(), model));
         }
@@ -148,7 +151,9 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
     let mut codes: Vec<(usize, Tensor, Option<Tensor>, Option<i64>)> = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let planned = match task {
-            Task::Sample { n, label, temperature, seed } => plan_sample(model, *n, label.as_deref(), *temperature, *seed),
+            Task::Sample { n, conditioning, codes, temperature, seed } => {
+                plan_sample(model, *n, conditioning, codes.as_deref(), *temperature, *seed)
+            }
             Task::Interpolate { from, to, steps, seed } => plan_interpolation(model, from, to, *steps, *seed),
             Task::Analyse { .. } => continue,
         };
@@ -193,10 +198,10 @@ struct Analyses {
 }
 
 impl Analyses {
-    fn compute(model: &LoadedModel, x: &Tensor, wanted: &[Want]) -> Self {
+    fn compute(model: &LoadedModel, x: &Tensor, wanted: Want) -> Self {
         let vae = &*model.model;
         let config = vae.config();
-        let [classes, code, reconstruct] = [Want::Classes, Want::Code, Want::Reconstruction].map(|w| wanted.contains(&w));
+        let Want { classes, code, reconstruction: reconstruct } = wanted;
         let rows = |t: &Tensor| Vec::<Vec<f32>>::try_from(t.to_device(Device::Cpu).flatten(1, -1)).expect("float rows");
         let doubles = |t: &Tensor| Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double)).expect("doubles");
         // Semi-supervised decoders see the predicted class distribution in place of a label.
@@ -223,17 +228,21 @@ impl Analyses {
         Self { probabilities, codes, reconstructions }
     }
 
-    /// The answer for the next `n` images, in batch order; every part moves past them.
+    /// The parts `want` names for the next `n` images, in batch order; every part moves past them.
     fn next_outcome(&mut self, want: Want, n: usize, model: &LoadedModel) -> Result<Outcome, InferenceError> {
-        let probabilities = self.probabilities.as_mut().map(|it| it.by_ref().take(n).collect::<Vec<_>>());
-        let codes = self.codes.as_mut().map(|it| it.by_ref().take(n).collect::<Vec<_>>());
-        let reconstructions = self.reconstructions.as_mut().map(|it| it.by_ref().take(n).collect::<Vec<_>>());
-        let missing = || InferenceError::BadRequest(format!("{:?} model has no classifier", model.model.config().architecture));
-        Ok(match want {
-            Want::Classes => Outcome::Classified(probabilities.ok_or_else(missing)?),
-            Want::Code => Outcome::Encoded(codes.expect("encoded when codes were wanted")),
-            Want::Reconstruction => Outcome::Reconstructed(reconstructions.expect("reconstructed when wanted")),
-        })
+        fn take<T>(part: &mut Option<std::vec::IntoIter<T>>, n: usize, wanted: bool) -> Option<Vec<T>> {
+            let rows: Option<Vec<T>> = part.as_mut().map(|it| it.by_ref().take(n).collect());
+            rows.filter(|_| wanted)
+        }
+        let analysis = Analysis {
+            probabilities: take(&mut self.probabilities, n, want.classes),
+            codes: take(&mut self.codes, n, want.code),
+            reconstructions: take(&mut self.reconstructions, n, want.reconstruction),
+        };
+        if want.classes && analysis.probabilities.is_none() {
+            return Err(InferenceError::BadRequest(format!("{:?} model has no classifier", model.model.config().architecture)));
+        }
+        Ok(Outcome::Analysed(analysis))
     }
 }
 
@@ -249,14 +258,41 @@ fn label_of(model: &LoadedModel, given: &str) -> Result<i64, InferenceError> {
     models::resolve_label(model.model.config(), given).map_err(|e| InferenceError::BadRequest(e.to_string()))
 }
 
-/// Codes z ~ N(0, T²I) drawn from `seed` alone by the CPU generator, so a request gets the same
-/// samples in any batch and on any device.
-fn plan_sample(model: &LoadedModel, n: usize, label: Option<&str>, temperature: f64, seed: u64) -> Plan {
-    let label = label.map(|l| label_of(model, l)).transpose()?;
-    tch::manual_seed(seed as i64);
-    let latent = model.model.config().latent_dim;
-    let z = Tensor::randn([n as i64, latent], (Kind::Float, Device::Cpu)) * temperature;
-    let y = label.map(|l| one_hot(model, l, n as i64));
+/// Codes for `n` images: the given ones, or z ~ N(0, T²I) drawn from `seed` alone by the CPU
+/// generator, so a request gets the same samples in any batch and on any device.
+fn plan_sample(model: &LoadedModel, n: usize, conditioning: &Conditioning, codes: Option<&[f32]>, temperature: f64, seed: u64) -> Plan {
+    let config = model.model.config();
+    let latent = config.latent_dim;
+    let (y, label) = match conditioning {
+        Conditioning::None => (None, None),
+        Conditioning::Label(given) => {
+            let label = label_of(model, given)?;
+            (Some(one_hot(model, label, n as i64)), Some(label))
+        }
+        Conditioning::PerRow(labels) => {
+            if config.architecture != Architecture::SemiSupervised {
+                return Err(InferenceError::BadRequest(format!("this {:?} model has no labels to condition on", config.architecture)));
+            }
+            let k = config.num_classes();
+            if let Some(bad) = labels.iter().find(|&&l| !(0..k).contains(&l)) {
+                return Err(InferenceError::BadRequest(format!("label {bad} is outside 0..{k}")));
+            }
+            if labels.len() != n {
+                return Err(InferenceError::BadRequest(format!("{} labels for {n} images", labels.len())));
+            }
+            (Some(Tensor::from_slice(labels).one_hot(k).to_kind(Kind::Float)), None)
+        }
+    };
+    let z = match codes {
+        Some(codes) if codes.len() != n * latent as usize => {
+            return Err(InferenceError::BadRequest(format!("{} code values for {n} codes of {latent} dimensions", codes.len())));
+        }
+        Some(codes) => Tensor::from_slice(codes).view([n as i64, latent]),
+        None => {
+            tch::manual_seed(seed as i64);
+            Tensor::randn([n as i64, latent], (Kind::Float, Device::Cpu)) * temperature
+        }
+    };
     Ok((z, y, label))
 }
 
@@ -293,7 +329,8 @@ mod tests {
 
     fn job(rows: usize) -> (Job, tokio::sync::oneshot::Receiver<Result<Outcome, InferenceError>>) {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        (Job { task: Task::Sample { n: rows, label: None, temperature: 1.0, seed: 0 }, enqueued: Instant::now(), reply }, answer)
+        let task = Task::Sample { n: rows, conditioning: Conditioning::None, codes: None, temperature: 1.0, seed: 0 };
+        (Job { task, enqueued: Instant::now(), reply }, answer)
     }
 
     #[test]
