@@ -9,6 +9,7 @@ pub mod data;
 pub mod inference;
 pub mod jobs;
 pub mod models;
+pub mod oip;
 pub mod render;
 pub mod runtime;
 pub mod server;

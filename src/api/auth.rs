@@ -32,7 +32,8 @@ impl AccessPolicy {
 
     fn needs_key(&self, method: &Method, path: &str) -> bool {
         let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
-        let public = matches!(path, "/healthz" | "/readyz") || super::console::is_public_asset(path);
+        let public =
+            matches!(path, "/healthz" | "/readyz" | "/v2/health/live" | "/v2/health/ready") || super::console::is_public_asset(path);
         self.key.is_some() && (!read || (self.auth_all && !public))
     }
 

@@ -9,6 +9,7 @@ pub mod inference;
 pub mod jobs;
 pub mod problem;
 pub mod uploads;
+pub mod v2;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -61,13 +62,16 @@ pub struct AppState {
         inference::reconstruct, inference::classify, inference::encode,
         jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::datasets,
         jobs::list_models, jobs::get_model, jobs::get_version, jobs::set_default, jobs::delete_version,
+        v2::server_metadata, v2::live, v2::ready, v2::model_metadata, v2::version_metadata, v2::model_ready, v2::version_ready,
+        v2::infer, v2::version_infer, v2::repository_index, v2::load, v2::unload,
     ),
-    components(schemas(problem::Problem, health::Health, health::Readiness, crate::training::TrainRequest, crate::training::DataRequest, crate::data::CatalogEntry)),
+    components(schemas(problem::Problem, v2::V2Error, health::Health, health::Readiness, crate::training::TrainRequest, crate::training::DataRequest, crate::data::CatalogEntry)),
     tags(
         (name = "operations", description = "Liveness, readiness and metrics"),
         (name = "training", description = "The background training queue (POST /train is an alias of POST /v1/train)"),
         (name = "models", description = "The model registry"),
         (name = "inference", description = "Sampling, reconstruction, classification and encoding; each also under /v1/models/{name} and /v1/models/{name}/versions/{version}"),
+        (name = "open-inference-protocol", description = "The Open Inference Protocol (KServe V2) with Triton's binary tensor and model repository extensions; errors are `{\"error\": \"...\"}`"),
     ),
 )]
 pub struct ApiDoc;
@@ -133,17 +137,23 @@ fn document_shared_answers(path: &str, method: &str, operation: &mut serde_json:
     }
     if has_body {
         shared.push(("413", "the body is larger than VAE_MAX_BODY_BYTES"));
-        shared.push(("415", "a content type this operation does not take"));
+        // The protocol's bodies are read whatever their content type says (Triton's clients send none).
+        if !path.starts_with("/v2") {
+            shared.push(("415", "a content type this operation does not take"));
+        }
     }
     if is_inference {
         shared.push(("503", "the model cannot be loaded, or its queue is full (Retry-After)"));
     }
+    // The protocol routes answer errors in the protocol's own form (`v2::v2_error_bodies`).
+    let (content_type, schema) =
+        if path.starts_with("/v2") { ("application/json", "#/components/schemas/V2Error") } else { (problem::PROBLEM_CONTENT_TYPE, "#/components/schemas/Problem") };
     let responses = operation["responses"].as_object_mut().expect("responses object");
     for (status, description) in shared {
         responses.entry(status).or_insert_with(|| {
             serde_json::json!({
                 "description": description,
-                "content": {problem::PROBLEM_CONTENT_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+                "content": {content_type: {"schema": {"$ref": schema}}},
             })
         });
     }
@@ -182,6 +192,18 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .route("/v1/models/{name}", get(jobs::get_model))
         .route("/v1/models/{name}/default", put(jobs::set_default))
         .route("/v1/models/{name}/versions/{version}", get(jobs::get_version).delete(jobs::delete_version))
+        .route("/v2", get(v2::server_metadata))
+        .route("/v2/health/live", get(v2::live))
+        .route("/v2/health/ready", get(v2::ready))
+        .route("/v2/models/{name}", get(v2::model_metadata))
+        .route("/v2/models/{name}/ready", get(v2::model_ready))
+        .route("/v2/models/{name}/infer", post(v2::infer))
+        .route("/v2/models/{name}/versions/{version}", get(v2::version_metadata))
+        .route("/v2/models/{name}/versions/{version}/ready", get(v2::version_ready))
+        .route("/v2/models/{name}/versions/{version}/infer", post(v2::version_infer))
+        .route("/v2/repository/index", post(v2::repository_index))
+        .route("/v2/repository/models/{name}/load", post(v2::load))
+        .route("/v2/repository/models/{name}/unload", post(v2::unload))
         .merge(inference_routes())
         .nest(MODEL_PREFIXES[0], inference_routes())
         .nest(MODEL_PREFIXES[1], inference_routes())
@@ -199,7 +221,9 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .layer(middleware::from_fn_with_state(body_limit::OversizedBodies::new(config), body_limit::refuse_oversized_body))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, config.request_timeout()))
         // Outside the limit and timeout layers so their plain-text errors become problems too.
-        .layer(middleware::map_response(problem::problem_for_bare_errors));
+        .layer(middleware::map_response(problem::problem_for_bare_errors))
+        // And those problems, under /v2, the protocol's error bodies.
+        .layer(middleware::from_fn(v2::v2_error_bodies));
 
     // Around the whole router once, not around each route: a request then clones one boxed
     // service, not a boxed stack per layer (allocations were a sixth of request-thread time).

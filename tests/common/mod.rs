@@ -61,7 +61,7 @@ impl Server {
         let log_writer = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.contains("listening").then(|| line.split("addr=").nth(1)).flatten() {
+                if let Some(addr) = line.contains("listening addr=").then(|| line.split("listening addr=").nth(1)).flatten() {
                     let _ = addr_tx.send(addr.trim().to_string());
                 }
                 log_writer.lock().unwrap().push_str(&(line + "\n"));
@@ -70,6 +70,12 @@ impl Server {
         let addr =
             addr_rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("server did not start; log:\n{}", log.lock().unwrap()));
         Server { child, base: format!("http://{addr}"), log, _dir: Some(dir) }
+    }
+
+    /// The gRPC address the server logged, when it serves gRPC.
+    pub fn grpc_addr(&self) -> Option<String> {
+        let log = self.log.lock().unwrap();
+        log.lines().find_map(|line| line.split("gRPC listening addr=").nth(1).map(|a| a.trim().to_string()))
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -140,8 +146,13 @@ pub fn shared_data() -> PathBuf {
 /// Trains a small semi-supervised model on 1,000 MNIST images with the project's own CLI and
 /// publishes it as `name` under `models_dir`.
 pub fn train_tiny_model(models_dir: &Path, name: &str) {
+    train_tiny(models_dir, name, "semi-supervised")
+}
+
+/// As `train_tiny_model`, with any architecture.
+pub fn train_tiny(models_dir: &Path, name: &str, architecture: &str) {
     let output = Command::new(BINARY)
-        .args(["train", "--device", "cpu", "--dataset", "mnist", "--architecture", "semi-supervised"])
+        .args(["train", "--device", "cpu", "--dataset", "mnist", "--architecture", architecture])
         .args(["--name", name, "--epochs", "1", "--max-train", "1000", "--hidden", "64", "--latent-dim", "8", "--labeled", "100"])
         .arg("--models-dir")
         .arg(models_dir)
