@@ -27,6 +27,7 @@ RUN python3 -m venv /opt/torch \
 ENV LIBTORCH_USE_PYTORCH=1 PATH=/opt/torch/bin:$PATH
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
 COPY src ./src
 RUN cargo build --release --locked && cp target/release/vae-serve /usr/local/bin/vae-serve
 
@@ -42,12 +43,14 @@ RUN mkdir -p /var/lib/vae-serve/data && chown vae:vae /var/lib/vae-serve/data
 USER vae
 WORKDIR /var/lib/vae-serve
 ENV VAE_ADDR=0.0.0.0:8080 \
+    VAE_GRPC_ADDR=0.0.0.0:8081 \
     VAE_MODELS_DIR=/var/lib/vae-serve/models \
     VAE_DATA_DIR=/var/lib/vae-serve/data \
     VAE_DATABASE=/var/lib/vae-serve/data/vae-serve.db \
     VAE_DEVICE=auto \
     VAE_LOG_FORMAT=json
-EXPOSE 8080
+# HTTP (REST and Open Inference Protocol) and the protocol's gRPC service.
+EXPOSE 8080 8081
 # The port VAE_ADDR gives (8080 unless changed at run time).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 CMD curl -fsS "http://127.0.0.1:${VAE_ADDR##*:}/healthz" || exit 1
 ENTRYPOINT ["vae-serve"]

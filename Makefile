@@ -15,7 +15,7 @@ setup:
 browser-setup:
 	@scripts/setup-browser-tests.sh
 
-# schemathesis, for the OpenAPI contract test.
+# schemathesis and tritonclient, for the OpenAPI contract and Open Inference Protocol tests.
 test-tools: setup
 	@scripts/setup-test-tools.sh
 

@@ -4,7 +4,8 @@
 # Debian's archive (debootstrap, then podman import), the build stage's one with this machine's
 # own Rust toolchain copied in. The Dockerfile is built unchanged except for build args, then the
 # image is run and checked: non-root user, /healthz and /readyz, POST /classify of a test digit,
-# the HEALTHCHECK command, SIGTERM → exit 0. Prints the image size. Base images are kept in
+# the Open Inference Protocol (/v2 readiness and metadata, the gRPC listener), the HEALTHCHECK
+# command, SIGTERM → exit 0. Prints the image size. Base images are kept in
 # podman's store, so a second run only rebuilds the project.
 #
 #   scripts/container-test.sh            (as root; installs podman, runc and debootstrap if missing)
@@ -76,7 +77,7 @@ podman build --format docker --isolation=chroot --network=host --pull=never --bu
 log "built in $(($(date +%s) - started)) s; image size $(podman image inspect --format '{{.Size}}' "$TAG" | awk '{printf "%.0f MB", $1 / 1e6}')"
 
 container=$(podman run -d --runtime runc --cgroup-manager=cgroupfs --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 \
-  --network=host -e VAE_ADDR="127.0.0.1:$PORT" -e VAE_DEVICE=cpu "$TAG")
+  --network=host -e VAE_ADDR="127.0.0.1:$PORT" -e VAE_GRPC_ADDR="127.0.0.1:$((PORT + 1))" -e VAE_DEVICE=cpu "$TAG")
 base="http://127.0.0.1:$PORT"
 for _ in $(seq 120); do
   curl -fsS "$base/readyz" >/dev/null 2>&1 && break
@@ -94,6 +95,10 @@ python3 bench/digit_png.py "$DATA_DIR/mnist" "$work/digit.png"
 answer=$(curl -fsS -H 'content-type: image/png' --data-binary @"$work/digit.png" "$base/classify")
 echo "$answer" | grep -q '"label":7' || fail "the first MNIST test digit (a 7) was classified as: $answer"
 log "POST /classify of the first test digit: 7"
+curl -fsS "$base/v2/health/ready" | grep -q '"ready":true' || fail "/v2/health/ready"
+curl -fsS "$base/v2/models/mnist-ssvae" | grep -q '"name":"probabilities"' || fail "/v2/models/mnist-ssvae metadata"
+podman logs "$container" 2>&1 | grep -q "gRPC listening" || fail "the gRPC service did not start"
+log "Open Inference Protocol: /v2/health/ready, model metadata, gRPC listening"
 # The Dockerfile's HEALTHCHECK command, run inside the container as the engine would.
 podman healthcheck run "$container" >/dev/null || fail "the HEALTHCHECK command failed"
 log "HEALTHCHECK passes"

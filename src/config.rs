@@ -59,6 +59,9 @@ pub struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "VAE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Address of the Open Inference Protocol's gRPC service (port 0 picks one); empty turns it off.
+    #[arg(long, env = "VAE_GRPC_ADDR", default_value = "127.0.0.1:8081")]
+    pub grpc_addr: String,
     /// Directory holding model directories (`<name>/v<N>/`).
     #[arg(long, env = "VAE_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
@@ -135,6 +138,15 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// Where gRPC listens, or `None` when it is turned off.
+    pub fn grpc_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        let addr = self.grpc_addr.trim();
+        if addr.is_empty() {
+            return Ok(None);
+        }
+        addr.parse().map(Some).map_err(|e| anyhow::anyhow!("VAE_GRPC_ADDR `{addr}` is not an address like 127.0.0.1:8081: {e}"))
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }

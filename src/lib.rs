@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod data;
+pub mod grpc;
 pub mod inference;
 pub mod jobs;
 pub mod models;

@@ -36,17 +36,22 @@ fn the_official_triton_clients_get_what_the_protocol_promises() {
     });
     server.wait_ready();
     let http = server.base.trim_start_matches("http://").to_string();
-    let mut command = Command::new(&python);
-    command.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oip/tritonclient_conformance.py")).args(["--http", &http]);
-    if let Some(grpc) = server.grpc_addr() {
-        command.args(["--grpc", &grpc]);
-    }
-    let output = command.arg("--digits").arg(&digits).output().expect("running the conformance script");
+    let grpc = server.grpc_addr().expect("the server logs its gRPC address");
+    let output = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oip/tritonclient_conformance.py"))
+        .args(["--http", &http, "--grpc", &grpc])
+        .arg("--digits")
+        .arg(&digits)
+        .output()
+        .expect("running the conformance script");
+    let report = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
-        "tritonclient conformance failed:\n{}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stdout),
+        "tritonclient conformance failed:\n{report}\n{}\nserver log:\n{}",
         String::from_utf8_lossy(&output.stderr),
         server.log.lock().unwrap()
     );
+    for part in ["http", "grpc", "repository"] {
+        assert!(report.contains(&format!("{part}: every check passed")), "{part} checks did not run:\n{report}");
+    }
 }

@@ -38,8 +38,19 @@ impl AccessPolicy {
     }
 
     fn accepts(&self, authorization: Option<&HeaderValue>) -> bool {
+        self.accepts_token(authorization.and_then(|v| v.to_str().ok()))
+    }
+
+    /// For calls that do not come through the HTTP router (gRPC): whether one that only `reads`,
+    /// or one that infers or changes state, may go ahead with this `authorization` value.
+    pub fn permits(&self, reads: bool, authorization: Option<&str>) -> bool {
+        let needs_key = self.key.is_some() && (!reads || self.auth_all);
+        !needs_key || self.accepts_token(authorization)
+    }
+
+    fn accepts_token(&self, authorization: Option<&str>) -> bool {
         let Some(key) = &self.key else { return true };
-        let given = authorization.and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+        let given = authorization.and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
         // Constant time in the key's contents, so timing does not reveal how much of it matched.
         given.as_bytes().ct_eq(key.as_bytes()).into()
     }
@@ -82,5 +93,7 @@ mod tests {
         assert!(keyed.accepts(Some(&HeaderValue::from_static("Bearer k"))));
         assert!(!keyed.accepts(Some(&HeaderValue::from_static("Basic k"))) && !keyed.accepts(None));
         assert!(!format!("{keyed:?}").contains("\"k\""));
+        assert!(keyed.permits(true, None) && !keyed.permits(false, None) && keyed.permits(false, Some("Bearer k")));
+        assert!(!strict.permits(true, None) && strict.permits(true, Some("Bearer k")));
     }
 }

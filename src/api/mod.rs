@@ -146,8 +146,11 @@ fn document_shared_answers(path: &str, method: &str, operation: &mut serde_json:
         shared.push(("503", "the model cannot be loaded, or its queue is full (Retry-After)"));
     }
     // The protocol routes answer errors in the protocol's own form (`v2::v2_error_bodies`).
-    let (content_type, schema) =
-        if path.starts_with("/v2") { ("application/json", "#/components/schemas/V2Error") } else { (problem::PROBLEM_CONTENT_TYPE, "#/components/schemas/Problem") };
+    let (content_type, schema) = if path.starts_with("/v2") {
+        ("application/json", "#/components/schemas/V2Error")
+    } else {
+        (problem::PROBLEM_CONTENT_TYPE, "#/components/schemas/Problem")
+    };
     let responses = operation["responses"].as_object_mut().expect("responses object");
     for (status, description) in shared {
         responses.entry(status).or_insert_with(|| {

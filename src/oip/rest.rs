@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::tensor::{Contents, Datatype, Tensor};
@@ -135,7 +136,7 @@ enum Data<'a> {
     Uint8(&'a [u8]),
     Int32(&'a [i32]),
     Int64(&'a [i64]),
-    Text(Vec<std::borrow::Cow<'a, str>>),
+    Base64(Vec<String>),
 }
 
 impl<'a> From<&'a Contents> for Data<'a> {
@@ -146,7 +147,8 @@ impl<'a> From<&'a Contents> for Data<'a> {
             Contents::Uint8(v) => Data::Uint8(v),
             Contents::Int32(v) => Data::Int32(v),
             Contents::Int64(v) => Data::Int64(v),
-            Contents::Bytes(v) => Data::Text(v.iter().map(|b| String::from_utf8_lossy(b)).collect()),
+            // As in requests: BYTES elements in JSON are base64.
+            Contents::Bytes(v) => Data::Base64(v.iter().map(|b| base64::engine::general_purpose::STANDARD.encode(b)).collect()),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! Contents arrive as JSON arrays, as raw little-endian bytes (the binary extension, gRPC's
 //! `raw_input_contents`) or as gRPC's typed lists; all become one `Contents`.
 
+use base64::Engine;
+
 use super::OipError;
 
 /// Most elements one tensor may hold: far above any real request (64 colour 256×256 images are
@@ -136,6 +138,19 @@ pub fn element_count(name: &str, shape: &[i64]) -> Result<usize, OipError> {
 }
 
 impl Tensor {
+    /// From contents already typed (gRPC's typed lists), checked against the shape.
+    pub fn from_contents(name: String, datatype: Datatype, shape: Vec<i64>, contents: Contents) -> Result<Self, OipError> {
+        let count = element_count(&name, &shape)?;
+        if contents.len() != count {
+            return Err(OipError::BadRequest(format!(
+                "input `{name}`: {} elements of {} contents for shape {shape:?}, which takes {count}",
+                contents.len(),
+                datatype.name()
+            )));
+        }
+        Ok(Self { name, datatype, shape, contents })
+    }
+
     /// From raw bytes in the datatype's little-endian layout.
     pub fn from_raw(name: String, datatype: Datatype, shape: Vec<i64>, raw: &[u8]) -> Result<Self, OipError> {
         let count = element_count(&name, &shape)?;
@@ -196,8 +211,12 @@ impl Tensor {
                     .ok_or_else(|| bad("a 32-bit integer"))?,
             ),
             Datatype::Int64 => Contents::Int64(flat.iter().map(|v| v.as_i64()).collect::<Option<_>>().ok_or_else(|| bad("an integer"))?),
+            // Encoded images are not text: in JSON, BYTES elements are base64.
             Datatype::Bytes => Contents::Bytes(
-                flat.iter().map(|v| v.as_str().map(|s| s.as_bytes().to_vec())).collect::<Option<_>>().ok_or_else(|| bad("a string"))?,
+                flat.iter()
+                    .map(|v| v.as_str().and_then(|s| base64::engine::general_purpose::STANDARD.decode(s.trim()).ok()))
+                    .collect::<Option<_>>()
+                    .ok_or_else(|| bad("a base64 string"))?,
             ),
             other => {
                 return Err(OipError::BadRequest(format!(

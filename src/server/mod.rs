@@ -4,9 +4,11 @@ pub mod connections;
 
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::api::auth::AccessPolicy;
 use crate::api::{self, AppState};
 use crate::config::{GlobalArgs, ServeArgs};
 use crate::inference::ModelHost;
@@ -57,12 +59,25 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         runtime: Arc::new(runtime),
     };
+    let grpc = args.grpc_addr()?.map(|addr| (addr, state.clone()));
     let app = api::router(state, &args);
 
     // Handlers are installed before the address is announced, so an early SIGTERM is still graceful.
-    let shutdown_requested = shutdown_signal()?;
+    let shutdown_requested = shutdown_signal()?.shared();
     let listener = TcpListener::bind(args.addr).await.map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.addr))?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    let grpc = match grpc {
+        None => None,
+        Some((addr, state)) => {
+            let listener = TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for gRPC on {addr}: {e}"))?;
+            tracing::info!(addr = %listener.local_addr()?, "gRPC listening");
+            let service = crate::grpc::service(state, AccessPolicy::new(args.api_key.clone(), args.auth_all), args.max_body_bytes);
+            let server = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), shutdown_requested.clone());
+            Some(tokio::spawn(server))
+        }
+    };
 
     let shutdown_started = Arc::new(Notify::new());
     let server = connections::serve(listener, app, args.connection_limits(), metrics, {
@@ -74,8 +89,15 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let grace = args.shutdown_grace();
+    let servers = async {
+        server.await?;
+        if let Some(grpc) = grpc {
+            grpc.await?.map_err(|e| anyhow::anyhow!("gRPC server: {e}"))?;
+        }
+        anyhow::Ok(())
+    };
     tokio::select! {
-        result = server => result?,
+        result = servers => result?,
         _ = async { shutdown_started.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting anyway");
         }

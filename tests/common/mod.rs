@@ -49,6 +49,8 @@ impl Server {
             .env("RUST_LOG", "info")
             .env_remove("VAE_API_KEY")
             .env_remove("VAE_AUTH_ALL")
+            // Off unless a test turns it on: tests run in parallel and would share its port.
+            .env("VAE_GRPC_ADDR", "")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in &options.env {

@@ -127,6 +127,11 @@ def conformance(protocol, http_base, digits, pngs, labels):
     files = np.array(pngs, dtype=np.object_)
     from_files = protocol.infer([protocol.tensor("image_bytes", files, "BYTES")], [protocol.output("probabilities")]).as_numpy("probabilities")
     check(np.allclose(from_files, reference, atol=1e-5), f"{proto}: image_bytes answers differ from /classify")
+    # Without a client library: JSON with the files as base64 strings, as the README's curl does.
+    if proto == "http":
+        document = {"inputs": [{"name": "image_bytes", "shape": [n], "datatype": "BYTES", "data": encoded}], "outputs": [{"name": "label"}]}
+        answer = post_json(http_base, f"/v2/models/{MODEL}/infer", document)
+        check(answer["outputs"][0]["data"] == reference_labels.tolist(), f"{proto}: base64 image_bytes in JSON: {answer}")
     # Batch independence: one digit alone gets what it got in the batch of 64.
     alone = protocol.infer([protocol.tensor("image", pixels[5:6], "FP32")], [protocol.output("probabilities")]).as_numpy("probabilities")
     check(np.allclose(alone[0], reference[5], atol=1e-5), f"{proto}: a digit alone differs from the same digit in a batch")
