@@ -28,30 +28,47 @@ fn the_official_triton_clients_get_what_the_protocol_promises() {
     std::fs::write(digits.join("digits.u8"), pixels).unwrap();
     std::fs::write(digits.join("labels.json"), serde_json::to_string(&labels).unwrap()).unwrap();
 
+    let conformance = |server: &Server, extra: &[&str]| {
+        let http = server.base.trim_start_matches("http://").to_string();
+        let grpc = server.grpc_addr().expect("the server logs its gRPC address");
+        let output = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oip/tritonclient_conformance.py"))
+            .args(["--http", &http, "--grpc", &grpc])
+            .arg("--digits")
+            .arg(&digits)
+            .args(extra)
+            .output()
+            .expect("running the conformance script");
+        let report = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "tritonclient conformance failed:\n{report}\n{}\nserver log:\n{}",
+            String::from_utf8_lossy(&output.stderr),
+            server.log.lock().unwrap()
+        );
+        report
+    };
+    let grpc_on = ("VAE_GRPC_ADDR".to_string(), "127.0.0.1:0".to_string());
     let server = Server::start(ServerOptions {
-        models_dir: Some(models),
+        models_dir: Some(models.clone()),
         default_model: "mnist-ssvae".into(),
-        env: vec![("VAE_GRPC_ADDR".into(), "127.0.0.1:0".into())],
+        env: vec![grpc_on.clone()],
         ..Default::default()
     });
     server.wait_ready();
-    let http = server.base.trim_start_matches("http://").to_string();
-    let grpc = server.grpc_addr().expect("the server logs its gRPC address");
-    let output = Command::new(&python)
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oip/tritonclient_conformance.py"))
-        .args(["--http", &http, "--grpc", &grpc])
-        .arg("--digits")
-        .arg(&digits)
-        .output()
-        .expect("running the conformance script");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "tritonclient conformance failed:\n{report}\n{}\nserver log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        server.log.lock().unwrap()
-    );
+    let report = conformance(&server, &[]);
     for part in ["http", "grpc", "repository"] {
         assert!(report.contains(&format!("{part}: every check passed")), "{part} checks did not run:\n{report}");
     }
+    drop(server);
+
+    let keyed = Server::start(ServerOptions {
+        models_dir: Some(models),
+        default_model: "mnist-ssvae".into(),
+        env: vec![grpc_on, ("VAE_API_KEY".into(), "sesame".into())],
+        ..Default::default()
+    });
+    keyed.wait_ready();
+    let report = conformance(&keyed, &["--api-key", "sesame"]);
+    assert!(report.contains("authentication: every check passed"), "authentication checks did not run:\n{report}");
 }

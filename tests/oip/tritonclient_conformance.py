@@ -2,7 +2,7 @@
 clients (tritonclient[http,grpc] from PyPI), not by our own code.
 
 Run by tests/open_inference_protocol.rs against the real server:
-    python tritonclient_conformance.py --http HOST:PORT [--grpc HOST:PORT] --digits DIR
+    python tritonclient_conformance.py --http HOST:PORT [--grpc HOST:PORT] --digits DIR [--api-key KEY]
 DIR holds digits.u8 (N×1×28×28 MNIST test digits), digit-NNN.png (the same digits as PNG
 files) and labels.json. The model `mnist-ssvae` (semi-supervised) and `plain` (an MLP VAE,
 no classifier) must be published. Exits non-zero, naming the check, on the first failure.
@@ -13,6 +13,7 @@ import base64
 import json
 import pathlib
 import sys
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -194,15 +195,39 @@ def repository(http_base):
     print("repository: every check passed")
 
 
+def authentication(http_base, grpc_base, key, digits):
+    """Against a server with VAE_API_KEY=key: inference needs the key, probes do not."""
+    pixels = digits[:1].astype(np.float32) / 255.0
+    for protocol in (Protocol("http", http_base), Protocol("grpc", grpc_base)):
+        check(protocol.client.is_server_live() and protocol.client.is_server_ready(), f"{protocol.kind}: probes need no key")
+        image = protocol.tensor("image", pixels, "FP32")
+        refused(lambda: protocol.infer([image]), "unauthenticated" if protocol.kind == "grpc" else "VAE_API_KEY", f"{protocol.kind}: inference without the key")
+        refused(lambda: protocol.client.infer(MODEL, [image], headers={"authorization": "Bearer wrong"}), "VAE_API_KEY", f"{protocol.kind}: a wrong key")
+        answer = protocol.client.infer(MODEL, [image], outputs=[protocol.output("label")], headers={"authorization": f"Bearer {key}"})
+        check(answer.as_numpy("label").shape == (1,), f"{protocol.kind}: inference with the key")
+    request = urllib.request.Request(f"http://{http_base}/v2/models/{MODEL}/infer", data=b"{}", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=60)
+        raise AssertionError("http: a request without the key was answered")
+    except urllib.error.HTTPError as error:
+        body = json.loads(error.read())
+        check(error.code == 401 and set(body) == {"error"}, f"http: 401 in the protocol's form, not {error.code} {body}")
+    print("authentication: every check passed")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", required=True)
     parser.add_argument("--grpc")
     parser.add_argument("--digits", required=True, type=pathlib.Path)
+    parser.add_argument("--api-key", help="the server's VAE_API_KEY: run the authentication checks only")
     args = parser.parse_args()
     labels = np.array(json.loads((args.digits / "labels.json").read_text()))
     digits = np.fromfile(args.digits / "digits.u8", dtype=np.uint8).reshape(len(labels), 1, 28, 28)
     pngs = [(args.digits / f"digit-{i:03}.png").read_bytes() for i in range(len(labels))]
+    if args.api_key:
+        authentication(args.http, args.grpc, args.api_key, digits)
+        return
     conformance(Protocol("http", args.http), args.http, digits, pngs, labels)
     if args.grpc:
         conformance(Protocol("grpc", args.grpc), args.http, digits, pngs, labels)
