@@ -9,7 +9,6 @@ Run: .venv/bin/python bench/fastapi_peer.py --model models/mnist-ssvae/v1 --port
 """
 import argparse
 import io
-import json
 import math
 import os
 
@@ -18,36 +17,8 @@ import torch.nn.functional as F
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from PIL import Image
-from safetensors.torch import load_file
 
-EPS = 1e-5
-
-
-def bn_mlp(w, prefix, x, layers):
-    for i in range(layers):
-        x = F.linear(x, w[f"{prefix}.fc{i}.weight"], w[f"{prefix}.fc{i}.bias"])
-        x = F.batch_norm(x, w[f"{prefix}.bn{i}.running_mean"], w[f"{prefix}.bn{i}.running_var"],
-                         w[f"{prefix}.bn{i}.weight"], w[f"{prefix}.bn{i}.bias"], False, 0.0, EPS)
-        x = F.relu(x)
-    return x
-
-
-def build(model_dir):
-    manifest = json.load(open(os.path.join(model_dir, "manifest.json")))
-    w = load_file(os.path.join(model_dir, "model.safetensors"))
-    config = manifest["config"]
-    layers = len(config["hidden"])
-    k = len(config["label_names"])
-
-    def classify(x):
-        h = bn_mlp(w, "classifier", x.flatten(1), layers)
-        return F.linear(h, w["classifier.logits.weight"], w["classifier.logits.bias"]).softmax(1)
-
-    def decode(z, y):
-        h = bn_mlp(w, "decoder", torch.cat([z, y], 1), layers)
-        return torch.sigmoid(F.linear(h, w["decoder.output.weight"], w["decoder.output.bias"]))
-
-    return config, k, classify, decode
+from peer_model import build
 
 
 def main():
