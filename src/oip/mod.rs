@@ -145,7 +145,7 @@ pub async fn infer(model: &ServingModel, request: InferRequest) -> Result<InferR
     let input = |name: &str| request.inputs.iter().find(|t| t.name == name);
     let outputs = match (input("image"), input("image_bytes")) {
         (Some(_), Some(_)) => return Err(OipError::BadRequest("send `image` or `image_bytes`, not both".into())),
-        (None, None) => generate(model, &request, &metadata).await?,
+        (None, None) => generate(model, &request).await?,
         (image, image_bytes) => {
             if let Some(other) = ["z", "label"].into_iter().find(|name| input(name).is_some()) {
                 return Err(OipError::BadRequest(format!("input `{other}` is for generation; it cannot come with an image to analyse")));
@@ -294,7 +294,7 @@ fn parameter_u64(request: &InferRequest, name: &str) -> Result<Option<u64>, OipE
 
 /// Generation: codes from `z` or drawn with the `seed` and `temperature` parameters, labels from
 /// `label` (input, one per row, or parameter, one for all).
-async fn generate(model: &ServingModel, request: &InferRequest, metadata: &ModelMetadata) -> Result<Vec<Tensor>, OipError> {
+async fn generate(model: &ServingModel, request: &InferRequest) -> Result<Vec<Tensor>, OipError> {
     let names = selected(request, &["samples"], "generation (inputs `z`, `label` or none)")?;
     let config = &model.info().config;
     let input = |name: &str| request.inputs.iter().find(|t| t.name == name);
@@ -358,7 +358,6 @@ async fn generate(model: &ServingModel, request: &InferRequest, metadata: &Model
     let Outcome::Generated(Generated { images, .. }) = model.run(task).await? else {
         return Err(OipError::Internal("the model answered a generation with an analysis".into()));
     };
-    debug_assert!(metadata.outputs.iter().any(|m| m.name == "samples"));
     let [c, h, w] = config.image.dims();
     Ok(names
         .into_iter()
