@@ -79,38 +79,68 @@ pub struct ModelMetadata {
     pub outputs: Vec<TensorMetadata>,
 }
 
-fn described(name: &str, datatype: Datatype, shape: &[i64]) -> TensorMetadata {
-    TensorMetadata { name: name.into(), datatype: datatype.name().into(), shape: shape.to_vec() }
+/// A tensor a model may expose; some only models with a classifier have.
+struct TensorSpec {
+    name: &'static str,
+    datatype: Datatype,
+    classifier_only: bool,
 }
 
-fn has_classifier(config: &ModelConfig) -> bool {
-    config.architecture == Architecture::SemiSupervised
+const fn spec(name: &'static str, datatype: Datatype, classifier_only: bool) -> TensorSpec {
+    TensorSpec { name, datatype, classifier_only }
+}
+
+const INPUTS: [TensorSpec; 4] = [
+    spec("image", Datatype::Fp32, false),
+    spec("image_bytes", Datatype::Bytes, false),
+    spec("z", Datatype::Fp32, false),
+    spec("label", Datatype::Int64, true),
+];
+
+const OUTPUTS: [TensorSpec; 7] = [
+    spec("probabilities", Datatype::Fp32, true),
+    spec("label", Datatype::Int64, true),
+    spec("mean", Datatype::Fp32, false),
+    spec("log_var", Datatype::Fp32, false),
+    spec("reconstruction", Datatype::Fp32, false),
+    spec("elbo", Datatype::Fp32, false),
+    spec("samples", Datatype::Fp32, false),
+];
+
+/// The names among `specs` that a model with this `config` exposes, in table order.
+fn exposed<'a>(specs: &'a [TensorSpec], config: &ModelConfig) -> impl Iterator<Item = &'a TensorSpec> {
+    let classifier = config.architecture == Architecture::SemiSupervised;
+    specs.iter().filter(move |s| classifier || !s.classifier_only)
+}
+
+fn exposes(specs: &[TensorSpec], config: &ModelConfig, name: &str) -> bool {
+    exposed(specs, config).any(|s| s.name == name)
+}
+
+fn exposed_names(specs: &[TensorSpec], config: &ModelConfig) -> String {
+    exposed(specs, config).map(|s| s.name).collect::<Vec<_>>().join(", ")
+}
+
+/// A tensor's shape for this model, `-1` marking the batch dimension.
+fn shape_of(name: &str, config: &ModelConfig) -> Vec<i64> {
+    let [c, h, w] = config.image.dims();
+    match name {
+        "image" | "reconstruction" | "samples" => vec![-1, c, h, w],
+        "z" | "mean" | "log_var" => vec![-1, config.latent_dim],
+        "probabilities" => vec![-1, config.num_classes()],
+        _ => vec![-1],
+    }
 }
 
 /// What a model takes and gives. Models without a classifier have no `label` input and no
 /// `probabilities` or `label` output.
 pub fn model_metadata(name: &str, versions: Vec<String>, config: &ModelConfig) -> ModelMetadata {
-    let [c, h, w] = config.image.dims();
-    let (latent, classes) = (config.latent_dim, config.num_classes());
-    let mut inputs = vec![
-        described("image", Datatype::Fp32, &[-1, c, h, w]),
-        described("image_bytes", Datatype::Bytes, &[-1]),
-        described("z", Datatype::Fp32, &[-1, latent]),
-    ];
-    let mut outputs = Vec::new();
-    if has_classifier(config) {
-        inputs.push(described("label", Datatype::Int64, &[-1]));
-        outputs.push(described("probabilities", Datatype::Fp32, &[-1, classes]));
-        outputs.push(described("label", Datatype::Int64, &[-1]));
-    }
-    outputs.extend([
-        described("mean", Datatype::Fp32, &[-1, latent]),
-        described("log_var", Datatype::Fp32, &[-1, latent]),
-        described("reconstruction", Datatype::Fp32, &[-1, c, h, w]),
-        described("elbo", Datatype::Fp32, &[-1]),
-        described("samples", Datatype::Fp32, &[-1, c, h, w]),
-    ]);
-    ModelMetadata { name: name.into(), versions, platform: PLATFORM.into(), inputs, outputs }
+    let described = |specs: &[TensorSpec]| {
+        exposed(specs, config)
+            .map(|s| TensorMetadata { name: s.name.into(), datatype: s.datatype.name().into(), shape: shape_of(s.name, config) })
+            .collect()
+    };
+    ModelMetadata { name: name.into(), versions, platform: PLATFORM.into(), inputs: described(&INPUTS), outputs: described(&OUTPUTS) }
 }
 
 /// Outputs of an analysis, and the model part each needs.
@@ -124,30 +154,25 @@ const ANALYSIS_OUTPUTS: [(&str, Want); 6] = [
 ];
 
 /// Runs `request` on `model`: one task, one place in the model's batching queue.
-pub async fn infer(model: &ServingModel, request: InferRequest) -> Result<InferResponse, OipError> {
+pub async fn infer(model: &ServingModel, mut request: InferRequest) -> Result<InferResponse, OipError> {
     let info = model.info();
     let config = &info.config;
-    let metadata = model_metadata("", Vec::new(), config);
-    for tensor in &request.inputs {
-        if !metadata.inputs.iter().any(|m| m.name == tensor.name) {
-            let names: Vec<&str> = metadata.inputs.iter().map(|m| m.name.as_str()).collect();
-            return Err(OipError::BadRequest(format!("unknown input `{}`; model {} takes {}", tensor.name, info.id, names.join(", "))));
-        }
+    if let Some(tensor) = request.inputs.iter().find(|t| !exposes(&INPUTS, config, &t.name)) {
+        let takes = exposed_names(&INPUTS, config);
+        return Err(OipError::BadRequest(format!("unknown input `{}`; model {} takes {takes}", tensor.name, info.id)));
     }
-    if let Some(wanted) = &request.outputs {
-        for name in wanted {
-            if !metadata.outputs.iter().any(|m| &m.name == name) {
-                let names: Vec<&str> = metadata.outputs.iter().map(|m| m.name.as_str()).collect();
-                return Err(OipError::BadRequest(format!("unknown output `{name}`; model {} gives {}", info.id, names.join(", "))));
-            }
-        }
+    if let Some(name) = request.outputs.iter().flatten().find(|name| !exposes(&OUTPUTS, config, name)) {
+        return Err(OipError::BadRequest(format!("unknown output `{name}`; model {} gives {}", info.id, exposed_names(&OUTPUTS, config))));
     }
-    let input = |name: &str| request.inputs.iter().find(|t| t.name == name);
-    let outputs = match (input("image"), input("image_bytes")) {
+    // The tensors move into the task: image data is not copied on the way.
+    let mut inputs = std::mem::take(&mut request.inputs);
+    let mut take = |name: &str| inputs.iter().position(|t| t.name == name).map(|i| inputs.swap_remove(i));
+    let (image, image_bytes, z, label) = (take("image"), take("image_bytes"), take("z"), take("label"));
+    let outputs = match (image, image_bytes) {
         (Some(_), Some(_)) => return Err(OipError::BadRequest("send `image` or `image_bytes`, not both".into())),
-        (None, None) => generate(model, &request).await?,
+        (None, None) => generate(model, &request, z, label).await?,
         (image, image_bytes) => {
-            if let Some(other) = ["z", "label"].into_iter().find(|name| input(name).is_some()) {
+            if let Some(other) = [("z", &z), ("label", &label)].into_iter().find_map(|(name, given)| given.as_ref().map(|_| name)) {
                 return Err(OipError::BadRequest(format!("input `{other}` is for generation; it cannot come with an image to analyse")));
             }
             let images = match (image, image_bytes) {
@@ -155,11 +180,11 @@ pub async fn infer(model: &ServingModel, request: InferRequest) -> Result<InferR
                 (_, Some(encoded)) => encoded_images(encoded, config).await?,
                 (None, None) => unreachable!("matched above"),
             };
-            analyse(model, images, &request, &metadata).await?
+            analyse(model, images, &request).await?
         }
     };
     let (name, version) = model_identity(info);
-    Ok(InferResponse { model_name: name.into(), model_version: version.into(), id: request.id.clone(), outputs })
+    Ok(InferResponse { model_name: name.into(), model_version: version.into(), id: request.id, outputs })
 }
 
 /// The requested outputs among `available`, in the order the request named them; all of
@@ -197,18 +222,18 @@ fn expect_shape(tensor: &Tensor, tail: &[i64]) -> Result<usize, OipError> {
     Ok(rows)
 }
 
-fn wrong_datatype(tensor: &Tensor, expected: &str) -> OipError {
-    OipError::BadRequest(format!("input `{}`: datatype {} is not accepted; send {expected}", tensor.name, tensor.datatype.name()))
+fn wrong_datatype(name: &str, datatype: Datatype, expected: &str) -> OipError {
+    OipError::BadRequest(format!("input `{name}`: datatype {} is not accepted; send {expected}", datatype.name()))
 }
 
 /// `image` as rows of C×H×W intensities in [0, 1].
-fn image_rows(image: &Tensor, config: &ModelConfig) -> Result<Vec<Vec<f32>>, OipError> {
-    let rows = expect_shape(image, &config.image.dims())?;
-    let pixels: Vec<f32> = match &image.contents {
-        Contents::Fp32(values) => values.clone(),
+fn image_rows(image: Tensor, config: &ModelConfig) -> Result<Vec<Vec<f32>>, OipError> {
+    let rows = expect_shape(&image, &config.image.dims())?;
+    let pixels: Vec<f32> = match image.contents {
+        Contents::Fp32(values) => values,
         Contents::Fp64(values) => values.iter().map(|&v| v as f32).collect(),
         Contents::Uint8(values) => values.iter().map(|&v| f32::from(v) / 255.0).collect(),
-        _ => return Err(wrong_datatype(image, "FP32 (intensities in [0, 1]) or UINT8")),
+        _ => return Err(wrong_datatype(&image.name, image.datatype, "FP32 (intensities in [0, 1]) or UINT8")),
     };
     if let Some(bad) = pixels.iter().find(|p| !(0.0..=1.0).contains(*p)) {
         return Err(OipError::BadRequest(format!("input `image`: intensity {bad} is outside [0, 1]")));
@@ -219,26 +244,22 @@ fn image_rows(image: &Tensor, config: &ModelConfig) -> Result<Vec<Vec<f32>>, Oip
 }
 
 /// `image_bytes`: encoded images, decoded and converted as uploads to `/classify` are.
-async fn encoded_images(encoded: &Tensor, config: &ModelConfig) -> Result<Vec<Vec<f32>>, OipError> {
-    expect_shape(encoded, &[])?;
-    let Contents::Bytes(files) = &encoded.contents else { return Err(wrong_datatype(encoded, "BYTES (encoded PNG, JPEG, …)")) };
-    let (images, _) = input::decode_all(files.clone(), &config.image).await?;
+async fn encoded_images(encoded: Tensor, config: &ModelConfig) -> Result<Vec<Vec<f32>>, OipError> {
+    expect_shape(&encoded, &[])?;
+    let Contents::Bytes(files) = encoded.contents else {
+        return Err(wrong_datatype(&encoded.name, encoded.datatype, "BYTES (encoded PNG, JPEG, …)"));
+    };
+    let (images, _) = input::decode_all(files, &config.image).await?;
     Ok(images)
 }
 
-async fn analyse(
-    model: &ServingModel,
-    images: Vec<Vec<f32>>,
-    request: &InferRequest,
-    metadata: &ModelMetadata,
-) -> Result<Vec<Tensor>, OipError> {
-    let available: Vec<&str> =
-        ANALYSIS_OUTPUTS.iter().map(|(name, _)| *name).filter(|name| metadata.outputs.iter().any(|m| m.name == *name)).collect();
+async fn analyse(model: &ServingModel, images: Vec<Vec<f32>>, request: &InferRequest) -> Result<Vec<Tensor>, OipError> {
+    let config = &model.info().config;
+    let available: Vec<&str> = ANALYSIS_OUTPUTS.iter().map(|(name, _)| *name).filter(|name| exposes(&OUTPUTS, config, name)).collect();
     let names = selected(request, &available, "an analysis of images")?;
     let want = ANALYSIS_OUTPUTS.iter().filter(|(name, _)| names.contains(name)).fold(Want::default(), |all, (_, want)| all.union(*want));
     let rows = images.len() as i64;
     let Analysis { probabilities, codes, reconstructions } = model.analyse(images, want).await?;
-    let config = &model.info().config;
     let [c, h, w] = config.image.dims();
     let latent = config.latent_dim;
     let fp32 = |name: &str, shape: Vec<i64>, values: Vec<f32>| Tensor {
@@ -294,27 +315,26 @@ fn parameter_u64(request: &InferRequest, name: &str) -> Result<Option<u64>, OipE
 
 /// Generation: codes from `z` or drawn with the `seed` and `temperature` parameters, labels from
 /// `label` (input, one per row, or parameter, one for all).
-async fn generate(model: &ServingModel, request: &InferRequest) -> Result<Vec<Tensor>, OipError> {
+async fn generate(model: &ServingModel, request: &InferRequest, z: Option<Tensor>, label: Option<Tensor>) -> Result<Vec<Tensor>, OipError> {
     let names = selected(request, &["samples"], "generation (inputs `z`, `label` or none)")?;
     let config = &model.info().config;
-    let input = |name: &str| request.inputs.iter().find(|t| t.name == name);
-    let codes = input("z")
+    let codes = z
         .map(|z| {
-            let rows = expect_shape(z, &[config.latent_dim])?;
-            match &z.contents {
-                Contents::Fp32(values) => Ok((rows, values.clone())),
+            let rows = expect_shape(&z, &[config.latent_dim])?;
+            match z.contents {
+                Contents::Fp32(values) => Ok((rows, values)),
                 Contents::Fp64(values) => Ok((rows, values.iter().map(|&v| v as f32).collect())),
-                _ => Err(wrong_datatype(z, "FP32")),
+                _ => Err(wrong_datatype(&z.name, z.datatype, "FP32")),
             }
         })
         .transpose()?;
-    let labels = input("label")
+    let labels = label
         .map(|label| {
-            let rows = expect_shape(label, &[])?;
-            match &label.contents {
-                Contents::Int64(values) => Ok((rows, values.clone())),
+            let rows = expect_shape(&label, &[])?;
+            match label.contents {
+                Contents::Int64(values) => Ok((rows, values)),
                 Contents::Int32(values) => Ok((rows, values.iter().map(|&v| i64::from(v)).collect())),
-                _ => Err(wrong_datatype(label, "INT64")),
+                _ => Err(wrong_datatype(&label.name, label.datatype, "INT64")),
             }
         })
         .transpose()?;
