@@ -53,6 +53,14 @@ pub struct AppState {
     pub runtime: Arc<TorchRuntime>,
 }
 
+impl AppState {
+    /// Storage answers and the default model is loaded: what /readyz and the protocol's server
+    /// readiness (REST and gRPC) report.
+    pub async fn is_ready(&self) -> bool {
+        self.storage.ping().await.is_ok() && self.models.default_model_status().loaded
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "vae-serve", description = "Train variational autoencoders in a background job queue and serve them: sampling, reconstruction, classification."),

@@ -95,15 +95,15 @@ pub struct Ready {
     (status = 503, description = "not ready", body = Ready),
 ))]
 pub async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
-    let ready = state.storage.ping().await.is_ok() && state.models.default_model_status().loaded;
+    let ready = state.is_ready().await;
     (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(Ready { ready }))
 }
 
-/// Every published version of `name`, as the protocol lists versions.
-async fn versions(state: &AppState, name: &str) -> Result<Vec<String>, ApiError> {
+/// Whether any version of `name` is published.
+async fn is_published(state: &AppState, name: &str) -> Result<bool, ApiError> {
     artifact::validate_name(name).map_err(|e| ApiError::NotFound(e.to_string()))?;
     let (models_dir, name) = (state.models_dir.clone(), name.to_string());
-    blocking(move || artifact::versions(&models_dir, &name).into_iter().map(|(v, _)| v.to_string()).collect()).await
+    blocking(move || !artifact::versions(&models_dir, &name).is_empty()).await
 }
 
 /// Model metadata: versions, and every input and output with datatype and shape (`-1`: batch).
@@ -113,10 +113,7 @@ async fn versions(state: &AppState, name: &str) -> Result<Vec<String>, ApiError>
     (status = 503, description = "the model cannot be loaded", body = V2Error),
 ))]
 pub async fn model_metadata(State(state): State<AppState>, Model(model): Model) -> Result<Json<ModelMetadata>, ApiError> {
-    let serving = state.models.get(&model).await?;
-    let (name, _) = oip::model_identity(serving.info());
-    let versions = versions(&state, name).await?;
-    Ok(Json(oip::model_metadata(name, versions, &serving.info().config)))
+    Ok(Json(oip::describe(&state.models, &state.models_dir, &model).await?))
 }
 
 /// Model metadata of one version.
@@ -285,7 +282,7 @@ pub async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Re
     (status = 404, description = "no such model", body = V2Error),
 ))]
 pub async fn unload(State(state): State<AppState>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    if versions(&state, &name).await?.is_empty() {
+    if !is_published(&state, &name).await? {
         return Err(ApiError::NotFound(format!("no model named `{name}`")));
     }
     state.models.unload_model(&name);

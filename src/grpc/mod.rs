@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status};
 use crate::api::auth::AccessPolicy;
 use crate::api::AppState;
 use crate::inference::{InferenceError, ModelRef};
-use crate::models::artifact;
 use crate::oip::{self, Contents, Datatype, InferRequest, OipError, Parameters, Tensor};
 use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 use proto::infer_parameter::ParameterChoice;
@@ -152,16 +151,7 @@ impl InferenceService {
     }
 
     async fn model_metadata_of(&self, model: ModelRef) -> Result<proto::ModelMetadataResponse, Status> {
-        let serving = self.state.models.get(&model).await.map_err(|e| status(e.into()))?;
-        let (name, _) = oip::model_identity(serving.info());
-        let (models_dir, family) = (self.state.models_dir.clone(), name.to_string());
-        let versions = tokio::task::spawn_blocking(move || artifact::versions(&models_dir, &family))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .into_iter()
-            .map(|(v, _)| v.to_string())
-            .collect();
-        let metadata = oip::model_metadata(name, versions, &serving.info().config);
+        let metadata = oip::describe(&self.state.models, &self.state.models_dir, &model).await.map_err(status)?;
         let tensors = |list: Vec<oip::TensorMetadata>| {
             list.into_iter().map(|t| TensorMetadata { name: t.name, datatype: t.datatype, shape: t.shape }).collect()
         };
@@ -214,7 +204,7 @@ impl GrpcInferenceService for InferenceService {
 
     async fn server_ready(&self, _: Request<proto::ServerReadyRequest>) -> Result<Response<proto::ServerReadyResponse>, Status> {
         let started = Instant::now();
-        let ready = self.state.storage.ping().await.is_ok() && self.state.models.default_model_status().loaded;
+        let ready = self.state.is_ready().await;
         let result = Ok(Response::new(proto::ServerReadyResponse { ready }));
         self.observe("ServerReady", started, &result);
         result

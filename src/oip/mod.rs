@@ -10,10 +10,15 @@
 pub mod rest;
 pub mod tensor;
 
+use std::path::Path;
+
 use serde::Serialize;
 
 use crate::inference::input::{self, InputError};
-use crate::inference::{Analysis, Conditioning, Generated, InferenceError, ModelInfo, Outcome, ServingModel, Task, Want, MAX_SAMPLES};
+use crate::inference::{
+    Analysis, Conditioning, Generated, InferenceError, ModelHost, ModelInfo, ModelRef, Outcome, ServingModel, Task, Want, MAX_SAMPLES,
+};
+use crate::models::artifact;
 use crate::models::{Architecture, ModelConfig};
 pub use tensor::{Contents, Datatype, Tensor};
 
@@ -388,6 +393,19 @@ async fn generate(model: &ServingModel, request: &InferRequest, z: Option<Tensor
             contents: Contents::Fp32(images.pixels.clone()),
         })
         .collect())
+}
+
+/// A model's metadata, with every published version of it. Models load on first use, so
+/// describing one loads it.
+pub async fn describe(host: &ModelHost, models_dir: &Path, model: &ModelRef) -> Result<ModelMetadata, OipError> {
+    let serving = host.get(model).await?;
+    let (name, _) = model_identity(serving.info());
+    let (dir, family) = (models_dir.to_path_buf(), name.to_string());
+    let versions = tokio::task::spawn_blocking(move || artifact::versions(&dir, &family))
+        .await
+        .map_err(|e| OipError::Internal(format!("listing versions failed: {e}")))?;
+    let versions = versions.into_iter().map(|(v, _)| v.to_string()).collect();
+    Ok(model_metadata(name, versions, &serving.info().config))
 }
 
 /// The model's name and version as the protocol reports them.
