@@ -270,17 +270,13 @@ fn plan_sample(model: &LoadedModel, n: usize, conditioning: &Conditioning, codes
             (Some(one_hot(model, label, n as i64)), Some(label))
         }
         Conditioning::PerRow(labels) => {
-            if config.architecture != Architecture::SemiSupervised {
-                return Err(InferenceError::BadRequest(format!("this {:?} model has no labels to condition on", config.architecture)));
-            }
-            let k = config.num_classes();
-            if let Some(bad) = labels.iter().find(|&&l| !(0..k).contains(&l)) {
-                return Err(InferenceError::BadRequest(format!("label {bad} is outside 0..{k}")));
+            for &label in labels {
+                models::check_label(config, label).map_err(|e| InferenceError::BadRequest(e.to_string()))?;
             }
             if labels.len() != n {
                 return Err(InferenceError::BadRequest(format!("{} labels for {n} images", labels.len())));
             }
-            (Some(Tensor::from_slice(labels).one_hot(k).to_kind(Kind::Float)), None)
+            (Some(Tensor::from_slice(labels).one_hot(config.num_classes()).to_kind(Kind::Float)), None)
         }
     };
     let z = match codes {

@@ -207,14 +207,8 @@ pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64
     let model = &*loaded.model;
     let config = model.config();
     let device = loaded.vars.device();
-    let conditioned = config.architecture == Architecture::SemiSupervised;
     if let Some(label) = label {
-        if !conditioned {
-            return Err(ModelError::Config(format!("this {:?} model has no labels to condition on", config.architecture)));
-        }
-        if !(0..config.num_classes()).contains(&label) {
-            return Err(ModelError::Config(format!("label {label} is outside 0..{}", config.num_classes())));
-        }
+        check_label(config, label)?;
     }
     let z = Tensor::randn([n, config.latent_dim], (tch::Kind::Float, device)) * temperature;
     let onehot = label.map(|l| Tensor::full([n], l, (tch::Kind::Int64, device)).one_hot(config.num_classes()).to_kind(tch::Kind::Float));
@@ -222,11 +216,26 @@ pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64
     Ok((z, images))
 }
 
-/// A label given as its index or its name (case-insensitive), checked against the model.
-pub fn resolve_label(config: &ModelConfig, given: &str) -> Result<i64, ModelError> {
+/// Refuses labels for a model that has none.
+fn require_labels(config: &ModelConfig) -> Result<(), ModelError> {
     if config.architecture != Architecture::SemiSupervised {
         return Err(ModelError::Config(format!("this {:?} model has no labels to condition on", config.architecture)));
     }
+    Ok(())
+}
+
+/// Refuses a class index the model does not have (or any, for a model without labels).
+pub fn check_label(config: &ModelConfig, label: i64) -> Result<(), ModelError> {
+    require_labels(config)?;
+    if !(0..config.num_classes()).contains(&label) {
+        return Err(ModelError::Config(format!("label {label} is outside 0..{}", config.num_classes())));
+    }
+    Ok(())
+}
+
+/// A label given as its index or its name (case-insensitive), checked against the model.
+pub fn resolve_label(config: &ModelConfig, given: &str) -> Result<i64, ModelError> {
+    require_labels(config)?;
     let names = &config.label_names;
     if let Some(i) = names.iter().position(|n| n.eq_ignore_ascii_case(given.trim())) {
         return Ok(i as i64);
