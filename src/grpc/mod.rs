@@ -99,6 +99,7 @@ fn typed_contents(name: &str, datatype: Datatype, contents: proto::InferTensorCo
 }
 
 fn infer_request(request: proto::ModelInferRequest) -> Result<InferRequest, OipError> {
+    oip::refuse_repeated_inputs(request.inputs.iter().map(|i| i.name.as_str()))?;
     let raw = request.raw_input_contents;
     if !raw.is_empty() && raw.len() != request.inputs.len() {
         return Err(OipError::BadRequest(format!("{} raw_input_contents for {} inputs", raw.len(), request.inputs.len())));
@@ -308,6 +309,9 @@ mod tests {
             ..Default::default()
         };
         assert!(infer_request(mismatch).unwrap_err().to_string().contains("1 raw_input_contents for 2 inputs"));
+        let twice =
+            proto::ModelInferRequest { inputs: vec![input("z", "FP32", vec![1]), input("z", "FP32", vec![1])], ..Default::default() };
+        assert!(infer_request(twice).unwrap_err().to_string().contains("given twice"));
         let mut short = input("z", "FP32", vec![1, 3]);
         short.contents = Some(proto::InferTensorContents { fp32_contents: vec![0.0; 2], ..Default::default() });
         let error = infer_request(proto::ModelInferRequest { inputs: vec![short], ..Default::default() }).unwrap_err();

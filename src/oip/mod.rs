@@ -46,6 +46,17 @@ impl From<InputError> for OipError {
     }
 }
 
+/// Refuses a request that names an input twice (which one would it mean?), before any data is read.
+pub fn refuse_repeated_inputs<'a>(names: impl Iterator<Item = &'a str>) -> Result<(), OipError> {
+    let mut seen = std::collections::HashSet::new();
+    for name in names {
+        if !seen.insert(name) {
+            return Err(OipError::BadRequest(format!("input `{name}` is given twice")));
+        }
+    }
+    Ok(())
+}
+
 /// Request parameters: names to JSON scalars (gRPC's typed parameters convert to these).
 pub type Parameters = serde_json::Map<String, serde_json::Value>;
 

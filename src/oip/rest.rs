@@ -3,8 +3,6 @@
 //! raw little-endian tensors: inputs that say `binary_data_size` in their parameters, and
 //! outputs asked for with `binary_data` (or all of them with the request's `binary_data_output`).
 
-use std::collections::HashSet;
-
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
@@ -72,12 +70,9 @@ pub fn parse_request(body: &[u8], header_length: Option<usize>) -> Result<(Infer
     let (header, mut binary) = body.split_at(header_length);
     let document: RequestDocument =
         serde_json::from_slice(header).map_err(|e| OipError::BadRequest(format!("the request's JSON cannot be read: {e}")))?;
+    super::refuse_repeated_inputs(document.inputs.iter().map(|i| i.name.as_str()))?;
     let mut inputs = Vec::with_capacity(document.inputs.len());
-    let mut seen = HashSet::new();
     for input in document.inputs {
-        if !seen.insert(input.name.clone()) {
-            return Err(OipError::BadRequest(format!("input `{}` is given twice", input.name)));
-        }
         let datatype = Datatype::parse(&input.datatype).map_err(|e| OipError::BadRequest(format!("input `{}`: {e}", input.name)))?;
         let binary_size = input.parameters.get("binary_data_size").map(|v| {
             v.as_u64().ok_or_else(|| {
