@@ -27,6 +27,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq "${missing[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
 fi
 
+# Images left by a run that was stopped before its clean-up are gigabytes each.
+podman image prune -f >/dev/null 2>&1 || true
+# The build needs room for torch's wheel (4.6 GB), a release build and the image: say how much
+# there is, so that a full disk reads as one.
+store=$(podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)
+mkdir -p "$store"
+log "free space for podman's store ($store): $(df -h --output=avail "$store" | tail -1 | tr -d ' ')"
+
 work=$(mktemp -d)
 container=""
 cleanup() {
