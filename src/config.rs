@@ -123,6 +123,14 @@ pub struct ServeArgs {
     /// Training jobs run at once (each on its own thread).
     #[arg(long, env = "VAE_TRAIN_WORKERS", default_value_t = 1)]
     pub train_workers: usize,
+    /// Seconds a training job stays with its worker without a renewal; a job whose worker died
+    /// (or lost the database) this long is taken over by another worker and resumes from its
+    /// checkpoint.
+    #[arg(long, env = "VAE_JOB_LEASE_SECS", default_value_t = 30)]
+    pub job_lease_secs: u64,
+    /// Seconds between a worker's renewals of the lease of the job it runs (less than the lease).
+    #[arg(long, env = "VAE_JOB_HEARTBEAT_SECS", default_value_t = 10)]
+    pub job_heartbeat_secs: u64,
     /// Queued training jobs beyond which POST /train answers 429.
     #[arg(long, env = "VAE_MAX_QUEUED_JOBS", default_value_t = 16)]
     pub max_queued_jobs: usize,
@@ -145,6 +153,18 @@ impl ServeArgs {
             return Ok(None);
         }
         addr.parse().map(Some).map_err(|e| anyhow::anyhow!("VAE_GRPC_ADDR `{addr}` is not an address like 127.0.0.1:8081: {e}"))
+    }
+
+    /// The job lease and its heartbeat; a heartbeat as long as the lease would let leases lapse.
+    pub fn job_lease(&self) -> anyhow::Result<(Duration, Duration)> {
+        if self.job_heartbeat_secs == 0 || self.job_heartbeat_secs >= self.job_lease_secs {
+            anyhow::bail!(
+                "VAE_JOB_HEARTBEAT_SECS ({}) must be at least 1 and less than VAE_JOB_LEASE_SECS ({})",
+                self.job_heartbeat_secs,
+                self.job_lease_secs
+            );
+        }
+        Ok((Duration::from_secs(self.job_lease_secs), Duration::from_secs(self.job_heartbeat_secs)))
     }
 
     pub fn request_timeout(&self) -> Duration {

@@ -2,9 +2,15 @@
 //! threads (so the async runtime and the inference threads stay responsive), with progress
 //! events for Server-Sent Events, cancellation, and resume from the last epoch checkpoint after
 //! a crash.
+//!
+//! Each worker holds the job it runs under a lease in the database and renews it while training.
+//! A job whose worker died (or lost the database) for longer than the lease is claimed by any
+//! live worker, of this process or another one on the same database, and resumes from its
+//! checkpoint; the worker that lost it stops and writes nothing more.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,7 +18,7 @@ use serde::Serialize;
 use tch::Device;
 use tokio::sync::broadcast;
 
-use crate::storage::jobs::{CancelOutcome, JobRecord, JobState, JobStore};
+use crate::storage::jobs::{CancelOutcome, Claimed, JobRecord, JobState, JobStore, Lease, LeaseStatus};
 use crate::storage::{Database, StorageError};
 use crate::training::{self, CancelToken, EpochMetrics, Places, Progress, TrainError, TrainRequest};
 
@@ -44,7 +50,14 @@ pub struct QueueConfig {
     pub device: Device,
     /// Torch intra-op CPU threads of each training thread.
     pub threads: usize,
+    /// How long a claimed job stays with its worker without a renewal.
+    pub lease: Duration,
+    /// How often a worker renews the lease of the job it runs.
+    pub heartbeat: Duration,
 }
+
+/// How often a running job's worker looks for a cancel made on another replica.
+const CANCEL_POLL: Duration = Duration::from_secs(1);
 
 /// A progress event of one job, as streamed to clients.
 #[derive(Debug, Clone, Serialize)]
@@ -70,12 +83,8 @@ struct Inner {
 }
 
 impl JobQueue {
-    /// Requeues jobs a crash left running (they resume from their checkpoints) and starts the workers.
+    /// Starts the workers. Jobs a crash left running are taken over once their leases expire.
     pub fn start(store: Database, config: QueueConfig) -> Result<Self, JobError> {
-        let resumed = store.requeue_running()?;
-        if resumed > 0 {
-            tracing::info!(jobs = resumed, "jobs interrupted by a restart are queued again and resume from their checkpoints");
-        }
         let queue = Self {
             inner: Arc::new(Inner {
                 store,
@@ -85,11 +94,13 @@ impl JobQueue {
                 events: EventChannels::default(),
             }),
         };
+        let process = worker_process_id();
         for n in 0..queue.inner.config.workers.max(1) {
             let worker = queue.clone();
+            let lease = Lease { owner: format!("{process}/train-{n}"), duration: queue.inner.config.lease };
             std::thread::Builder::new()
                 .name(format!("train-{n}"))
-                .spawn(move || worker.work())
+                .spawn(move || worker.work(lease))
                 .map_err(|e| StorageError::Task(e.to_string()))?;
         }
         Ok(queue)
@@ -174,12 +185,13 @@ impl JobQueue {
         condvar.notify_all();
     }
 
-    /// A worker thread: claim the oldest queued job, run it, repeat; sleep when the queue is empty.
-    fn work(&self) {
+    /// A worker thread: claim the oldest queued job (or one whose lease expired), run it, repeat;
+    /// sleep when there is none. The sleep is short, for jobs queued or abandoned by other replicas.
+    fn work(&self, lease: Lease) {
         crate::runtime::set_torch_threads_of_this_thread(self.inner.config.threads);
         loop {
-            match self.inner.store.claim_next() {
-                Ok(Some(job)) => self.run(job),
+            match self.inner.store.claim_next(&lease) {
+                Ok(Some(claimed)) => self.run(claimed, &lease),
                 Ok(None) => {
                     let (flag, condvar) = &self.inner.wake;
                     let guard = flag.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,14 +207,23 @@ impl JobQueue {
         }
     }
 
-    fn run(&self, job: JobRecord) {
+    fn run(&self, Claimed { job, taken_over }: Claimed, lease: &Lease) {
         let id = job.id;
         let request: TrainRequest = match serde_json::from_value(job.request.clone()) {
             Ok(request) => request,
-            Err(e) => return self.finish(id, JobState::Failed, Some(format!("stored request is unreadable: {e}")), None),
+            Err(e) => {
+                self.finish(id, lease, JobState::Failed, Some(format!("stored request is unreadable: {e}")), None);
+                return;
+            }
         };
-        tracing::info!(job = id, name = %request.name, attempt = job.attempts, "training job started");
-        let token = CancelToken::default();
+        if taken_over {
+            tracing::warn!(job = id, attempt = job.attempts, "took over a job whose worker's lease expired; resuming from its checkpoint");
+        }
+        tracing::info!(job = id, name = %request.name, attempt = job.attempts, worker = %lease.owner, "training job started");
+        let token = {
+            let (store, lease) = (self.inner.store.clone(), lease.clone());
+            CancelToken::fenced(move || matches!(store.check_lease(id, &lease, true), Ok(LeaseStatus::Held | LeaseStatus::CancelRequested)))
+        };
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id, token.clone());
         let job_dir = self.inner.config.jobs_dir.join(id.to_string());
         let checkpoint = job_dir.join("checkpoint");
@@ -213,6 +234,7 @@ impl JobQueue {
         let mut history: Vec<EpochMetrics> = Vec::new();
         let started = Instant::now();
         let mut first_epoch = 0;
+        let lease_lost = AtomicBool::new(false);
         let mut on_progress = |progress: Progress| match progress {
             Progress::Resumed { history: resumed } => {
                 first_epoch = resumed.len();
@@ -224,46 +246,120 @@ impl JobQueue {
                 let done_here = (metrics.epoch - first_epoch) as f64;
                 let eta = started.elapsed().as_secs_f64() / done_here.max(1.0) * (epochs - metrics.epoch) as f64;
                 let progress = serde_json::json!({ "epoch": metrics.epoch, "epochs": epochs, "eta_seconds": eta });
-                if let Err(error) = self.inner.store.record_progress(id, &progress, &serde_json::to_value(&history).unwrap_or_default()) {
-                    tracing::error!(job = id, %error, "cannot record progress");
+                let history = serde_json::to_value(&history).unwrap_or_default();
+                match self.inner.store.record_progress(id, &lease.owner, &progress, &history) {
+                    Ok(true) => self.publish(id, JobEvent::Epoch { metrics }),
+                    Ok(false) => {
+                        lease_lost.store(true, Ordering::Relaxed);
+                        token.cancel();
+                    }
+                    Err(error) => tracing::error!(job = id, %error, "cannot record progress"),
                 }
-                self.publish(id, JobEvent::Epoch { metrics });
             }
         };
-        // The job thread runs training; a panic in it must fail the job, not kill the worker.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            training::train_and_publish(&request, &places, self.inner.config.device, 0, &token, &mut on_progress)
-        }))
-        .unwrap_or_else(|_| Err(TrainError::Invalid("training panicked".into())));
+        let training_done = (Mutex::new(false), Condvar::new());
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| self.keep_lease(id, lease, &token, &training_done, &lease_lost));
+            // The job thread runs training; a panic in it must fail the job, not kill the worker.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                training::train_and_publish(&request, &places, self.inner.config.device, 0, &token, &mut on_progress)
+            }))
+            .unwrap_or_else(|_| Err(TrainError::Invalid("training panicked".into())));
+            *training_done.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+            training_done.1.notify_all();
+            result
+        });
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        if lease_lost.load(Ordering::Relaxed) || matches!(result, Err(TrainError::Fenced)) {
+            // Its checkpoint now belongs to the worker that took the job over.
+            return tracing::warn!(job = id, worker = %lease.owner, "lost this job's lease to another worker; stopped without recording anything");
+        }
         match result {
             Ok(published) => {
                 tracing::info!(job = id, model = %published.name, version = published.version, "training job succeeded");
-                let _ = std::fs::remove_dir_all(&job_dir);
-                self.finish(id, JobState::Succeeded, None, Some(published.version));
+                if self.finish(id, lease, JobState::Succeeded, None, Some(published.version)) {
+                    let _ = std::fs::remove_dir_all(&job_dir);
+                }
             }
             Err(TrainError::Cancelled { completed_epochs }) => {
                 tracing::info!(job = id, completed_epochs, "training job cancelled; its last checkpoint is kept");
-                self.finish(id, JobState::Cancelled, None, None);
+                self.finish(id, lease, JobState::Cancelled, None, None);
             }
             // A job resumed after a crash whose checkpoint cannot be used: it cannot go on.
             Err(error @ TrainError::Checkpoint { .. }) if job.attempts > 1 => {
                 tracing::warn!(job = id, %error, "training job interrupted: its checkpoint cannot be resumed");
-                self.finish(id, JobState::Interrupted, Some(error.to_string()), None);
+                self.finish(id, lease, JobState::Interrupted, Some(error.to_string()), None);
             }
             Err(error) => {
                 tracing::warn!(job = id, %error, "training job failed");
-                self.finish(id, JobState::Failed, Some(error.to_string()), None);
+                self.finish(id, lease, JobState::Failed, Some(error.to_string()), None);
             }
         }
     }
 
-    fn finish(&self, id: i64, state: JobState, error: Option<String>, model_version: Option<u32>) {
-        if let Err(e) = self.inner.store.finish(id, state, error.as_deref(), model_version) {
-            tracing::error!(job = id, error = %e, "cannot record the end of a job");
+    /// Beside a running job: renews its lease every heartbeat and looks every second for a cancel
+    /// made on another replica. Stops the run when the lease is lost, or when the database has not
+    /// confirmed it for a whole lease (by then another worker may have taken the job).
+    fn keep_lease(&self, id: i64, lease: &Lease, token: &CancelToken, training_done: &(Mutex<bool>, Condvar), lease_lost: &AtomicBool) {
+        let (heartbeat, tick) = (self.inner.config.heartbeat, self.inner.config.heartbeat.min(CANCEL_POLL));
+        let (mut renewed, mut confirmed) = (Instant::now(), Instant::now());
+        let mut done = training_done.0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            done = training_done.1.wait_timeout_while(done, tick, |done| !*done).unwrap_or_else(|p| p.into_inner()).0;
+            if *done {
+                return;
+            }
+            let renew = renewed.elapsed() >= heartbeat;
+            match self.inner.store.check_lease(id, lease, renew) {
+                Ok(status) => {
+                    confirmed = Instant::now();
+                    if renew {
+                        renewed = confirmed;
+                    }
+                    match status {
+                        LeaseStatus::Held => {}
+                        LeaseStatus::CancelRequested => token.cancel(),
+                        LeaseStatus::Lost => {
+                            lease_lost.store(true, Ordering::Relaxed);
+                            return token.cancel();
+                        }
+                    }
+                }
+                Err(error) if confirmed.elapsed() >= lease.duration => {
+                    tracing::error!(job = id, %error, "the database has not confirmed this job's lease for a whole lease; stopping it");
+                    lease_lost.store(true, Ordering::Relaxed);
+                    return token.cancel();
+                }
+                Err(error) => tracing::warn!(job = id, %error, "cannot renew the job's lease; retrying"),
+            }
         }
-        self.publish(id, JobEvent::Finished { state, error, model_version });
     }
+
+    /// Records the end of a job this worker still holds, and tells its listeners; false if the
+    /// job had gone to another worker.
+    fn finish(&self, id: i64, lease: &Lease, state: JobState, error: Option<String>, model_version: Option<u32>) -> bool {
+        match self.inner.store.finish(id, &lease.owner, state, error.as_deref(), model_version) {
+            Ok(true) => {
+                self.publish(id, JobEvent::Finished { state, error, model_version });
+                true
+            }
+            Ok(false) => {
+                tracing::warn!(job = id, "the job went to another worker before its end was recorded here");
+                false
+            }
+            Err(e) => {
+                tracing::error!(job = id, error = %e, "cannot record the end of a job");
+                false
+            }
+        }
+    }
+}
+
+/// Names this process among every replica on the database: host, process id and a random part
+/// (process ids repeat across containers and restarts).
+fn worker_process_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+    format!("{host}:{}:{:08x}", std::process::id(), rand::random::<u32>())
 }
 
 /// Progress channels of the jobs someone listens to. A channel lasts while it has subscribers

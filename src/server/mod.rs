@@ -36,6 +36,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(default_model = %default_model, "default model");
     let models = ModelHost::start(args.models_dir.clone(), default_model, runtime.device, args.batching(), metrics.clone());
     let jobs_dir = args.database.parent().map(|d| d.join("jobs")).unwrap_or_else(|| "jobs".into());
+    let (lease, heartbeat) = args.job_lease()?;
     let jobs = JobQueue::start(
         storage.clone(),
         QueueConfig {
@@ -48,6 +49,8 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             jobs_dir,
             device: runtime.device,
             threads: runtime.cpu_threads,
+            lease,
+            heartbeat,
         },
     )?;
     let state = AppState {

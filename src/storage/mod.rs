@@ -52,6 +52,13 @@ fn migrations() -> Migrations<'static> {
              CREATE INDEX jobs_by_state ON jobs (state, id);",
         ),
         M::up("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"),
+        // Leases: the worker that runs a job holds it until `lease_expires_at` (Unix ms, the
+        // database's clock) and renews it; an expired lease lets any worker take the job over.
+        M::up(
+            "ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+             ALTER TABLE jobs ADD COLUMN lease_expires_at INTEGER;
+             ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
+        ),
     ])
 }
 

@@ -33,6 +33,8 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, why: String },
     #[error("training cancelled after {completed_epochs} completed epoch(s)")]
     Cancelled { completed_epochs: usize },
+    #[error("another worker took this job over (this worker's lease expired); this one writes nothing more")]
+    Fenced,
     #[error(transparent)]
     Torch(#[from] tch::TchError),
 }
@@ -183,17 +185,40 @@ pub enum Progress {
     Epoch(EpochMetrics),
 }
 
-/// Cooperative cancellation, checked between batches.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
+/// Stops a run from outside (checked between batches), and fences its durable writes: a run
+/// whose token has a fence asks it before every checkpoint and before publishing, so that a
+/// worker whose job another worker took over writes nothing more.
+#[derive(Clone, Default)]
+pub struct CancelToken {
+    cancelled: Arc<AtomicBool>,
+    fence: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
 
 impl CancelToken {
+    /// A token whose run may write only while `may_write` says so.
+    pub fn fenced(may_write: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        Self { cancelled: Arc::default(), fence: Some(Arc::new(may_write)) }
+    }
+
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.cancelled.store(true, Ordering::Relaxed);
     }
 
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    fn check_fence(&self) -> Result<(), TrainError> {
+        match &self.fence {
+            Some(may_write) if !may_write() => Err(TrainError::Fenced),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelToken").field("cancelled", &self.is_cancelled()).field("fenced", &self.fence.is_some()).finish()
     }
 }
 
@@ -338,6 +363,7 @@ pub fn train_and_publish(
         torch_version: crate::runtime::torch_version().to_string(),
         created_at: chrono::Utc::now(),
     };
+    cancel.check_fence()?;
     let (version, path) = artifact::publish(places.models_dir, &trained.model, &manifest)?;
     Ok(Published { name: request.name.clone(), version, path, metrics, history: trained.history })
 }
@@ -442,6 +468,7 @@ pub fn train(
         };
         history.push(metrics.clone());
         if let Some(dir) = checkpoint_dir {
+            cancel.check_fence()?;
             save_checkpoint(dir, options, &model, &optimizer, &history)?;
         }
         progress(Progress::Epoch(metrics));

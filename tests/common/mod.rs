@@ -51,6 +51,9 @@ impl Server {
             .env_remove("VAE_AUTH_ALL")
             // Off unless a test turns it on: tests run in parallel and would share its port.
             .env("VAE_GRPC_ADDR", "")
+            // Short leases, so that a job whose server a test killed is taken over in seconds.
+            .env("VAE_JOB_LEASE_SECS", "3")
+            .env("VAE_JOB_HEARTBEAT_SECS", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in &options.env {
