@@ -5,8 +5,8 @@
 # own Rust toolchain copied in. The Dockerfile is built unchanged except for build args, then the
 # image is run and checked: non-root user, /healthz and /readyz, POST /classify of a test digit,
 # the Open Inference Protocol (/v2 readiness and metadata, the gRPC listener), the HEALTHCHECK
-# command, SIGTERM → exit 0. Prints the image size. Base images are kept in
-# podman's store, so a second run only rebuilds the project.
+# command, SIGTERM → exit 0. Prints the image size. Only the base images are kept in podman's
+# store, so a second run only rebuilds the project.
 #
 #   scripts/container-test.sh            (as root; installs podman, runc and debootstrap if missing)
 set -euo pipefail
@@ -39,7 +39,10 @@ work=$(mktemp -d)
 container=""
 cleanup() {
   [ -n "$container" ] && podman rm -f "$container" >/dev/null 2>&1 || true
-  # The build stage's image and replaced tags are gigabytes each; the base images stay.
+  # The image, its build's intermediate layers and the build stage are gigabytes; only the two
+  # base images stay, so that a second run skips debootstrap.
+  podman rmi -f "$TAG" >/dev/null 2>&1 || true
+  podman images -a --format '{{.ID}} {{.Repository}}' | awk '$2 == "<none>" {print $1}' | xargs -r podman rmi -f >/dev/null 2>&1 || true
   podman image prune -f >/dev/null 2>&1 || true
   rm -rf "$work"
 }
