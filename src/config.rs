@@ -54,8 +54,33 @@ pub enum Command {
     Sample(crate::training::cli::SampleArgs),
 }
 
+/// What one replica of the service does; several share a database and a model folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Serves the API and inference, and trains: one process does everything.
+    All,
+    /// Serves the API and inference and never trains: jobs wait in the queue for workers.
+    Api,
+    /// Only trains; HTTP answers /healthz, /readyz and /metrics.
+    Worker,
+}
+
+impl Role {
+    pub fn trains(self) -> bool {
+        self != Self::Api
+    }
+
+    pub fn serves(self) -> bool {
+        self != Self::Worker
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// What this replica does: all (serve and train), api (serve only) or worker (train only).
+    #[arg(long, env = "VAE_ROLE", value_enum, default_value_t = Role::All)]
+    pub role: Role,
     /// Address to listen on (port 0 picks a free port; the log says which).
     #[arg(long, env = "VAE_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,

@@ -35,6 +35,10 @@ pub struct Metrics {
     pub connections_refused: IntCounter,
     /// Connections closed by a header-read or idle deadline, by which.
     pub connections_timed_out: IntCounterVec,
+    /// Lease events of this replica's training workers, by event.
+    pub job_leases: IntCounterVec,
+    /// Jobs in the shared database by state, set at each scrape.
+    pub jobs: IntGaugeVec,
     /// glibc's heap, read at each scrape: resident memory alone cannot tell a leak (bytes in use
     /// grow) from fragmentation (free bytes malloc keeps grow).
     malloc_bytes: IntGaugeVec,
@@ -87,6 +91,22 @@ impl Metrics {
             &["reason"],
         )
         .expect("static metric definition");
+        let job_leases = IntCounterVec::new(
+            Opts::new(
+                "vae_job_leases_total",
+                "Job leases of this replica's workers: claimed (a queued job), taken_over (a job whose worker's lease had expired), renewed, lost (to another worker, or unconfirmed by the database for a whole lease)",
+            ),
+            &["event"],
+        )
+        .expect("static metric definition");
+        let jobs = IntGaugeVec::new(
+            Opts::new(
+                "vae_jobs",
+                "Jobs in the database that every replica shares, by state (queued is the queue depth); read at each scrape",
+            ),
+            &["state"],
+        )
+        .expect("static metric definition");
         let malloc_bytes = IntGaugeVec::new(
             Opts::new(
                 "vae_malloc_bytes",
@@ -105,6 +125,8 @@ impl Metrics {
             Box::new(connections_open.clone()),
             Box::new(connections_refused.clone()),
             Box::new(connections_timed_out.clone()),
+            Box::new(job_leases.clone()),
+            Box::new(jobs.clone()),
             Box::new(malloc_bytes.clone()),
         ] {
             registry.register(collector).expect("registered once");
@@ -122,6 +144,8 @@ impl Metrics {
             connections_open,
             connections_refused,
             connections_timed_out,
+            job_leases,
+            jobs,
             malloc_bytes,
         }
     }

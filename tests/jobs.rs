@@ -7,33 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{client, models_with_default, Server, ServerOptions};
+use common::{client, models_with_default, submit, tiny_job, wait_for_state, Server, ServerOptions};
 use serde_json::{json, Value};
-
-fn tiny_job(name: &str, epochs: usize, max_train: usize) -> Value {
-    json!({
-        "name": name,
-        "dataset": "mnist",
-        "options": { "epochs": epochs, "batch_size": 50, "model": { "architecture": "mlp", "hidden": [64], "latent_dim": 8 } },
-        "data": { "max_train": max_train, "validation_fraction": 0.1 }
-    })
-}
-
-fn wait_for_state(server: &Server, id: i64, wanted: &[&str], limit: Duration) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let job: Value = client().get(server.url(&format!("/v1/jobs/{id}"))).send().unwrap().json().unwrap();
-        if wanted.contains(&job["state"].as_str().unwrap()) {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} stuck: {job}\nlog:\n{}", server.log.lock().unwrap());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn submit(server: &Server, body: &Value) -> reqwest::blocking::Response {
-    client().post(server.url("/train")).json(body).send().unwrap()
-}
 
 #[test]
 fn a_job_trains_publishes_and_its_model_is_served_while_sampling_stays_fast() {

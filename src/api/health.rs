@@ -21,6 +21,8 @@ pub struct Readiness {
     /// `ready` when every check passes, otherwise `not-ready`.
     #[schema(example = "ready")]
     pub status: &'static str,
+    /// What this replica does (`all`, `api` or `worker`); a worker needs no model to be ready.
+    pub role: crate::config::Role,
     /// The database answers queries.
     pub storage: bool,
     /// The default model is loaded and can answer inference requests.
@@ -42,7 +44,7 @@ pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
 
-/// Readiness: storage is open and the default model is loaded.
+/// Readiness: storage is open and, unless this replica only trains, the default model is loaded.
 #[utoipa::path(get, path = "/readyz", tag = "operations", responses(
     (status = 200, description = "ready", body = Readiness),
     (status = 503, description = "not ready yet, or broken", body = Readiness),
@@ -50,9 +52,10 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let storage = state.storage.ping().await.is_ok();
     let model = state.models.default_model_status();
-    let ready = storage && model.loaded;
+    let ready = state.ready_with(storage, model.loaded);
     let body = Readiness {
         status: if ready { "ready" } else { "not-ready" },
+        role: state.role,
         storage,
         default_model: model.loaded,
         default_model_id: model.id,
@@ -69,5 +72,9 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String),
 ))]
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let jobs = state.jobs.clone();
+    if let Err(error) = super::blocking(move || jobs.refresh_metrics()).await.and_then(|r| r.map_err(Into::into)) {
+        tracing::warn!(%error, "cannot count jobs for the metrics");
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.render())
 }

@@ -122,13 +122,17 @@ pub async fn events(
     let jobs = state.jobs.clone();
     let job = blocking(move || jobs.get(id)).await??;
     let finished = job.state.is_final();
+    // Epochs in the snapshot may come again as events (read back from the database when the job
+    // runs on another replica); each is sent once.
+    let epochs_in_snapshot = job.history.as_array().map_or(0, Vec::len);
     let snapshot = stream::once(async move { Ok(Event::default().event("snapshot").json_data(&job).expect("jobs serialise")) });
-    let updates = stream::unfold((receiver, finished), |(mut receiver, finished)| async move {
+    let updates = stream::unfold((receiver, finished), move |(mut receiver, finished)| async move {
         if finished {
             return None;
         }
         loop {
             match receiver.recv().await {
+                Ok(JobEvent::Epoch { metrics }) if metrics.epoch <= epochs_in_snapshot => continue,
                 Ok(event) => {
                     let done = matches!(event, JobEvent::Finished { .. });
                     let name = match &event {

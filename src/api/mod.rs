@@ -51,13 +51,19 @@ pub struct AppState {
     pub data_dir: Arc<std::path::Path>,
     pub metrics: Arc<Metrics>,
     pub runtime: Arc<TorchRuntime>,
+    pub role: crate::config::Role,
 }
 
 impl AppState {
-    /// Storage answers and the default model is loaded: what /readyz and the protocol's server
-    /// readiness (REST and gRPC) report.
+    /// Storage answers and, on a replica that serves inference, the default model is loaded:
+    /// what /readyz and the protocol's server readiness (REST and gRPC) report.
     pub async fn is_ready(&self) -> bool {
-        self.storage.ping().await.is_ok() && self.models.default_model_status().loaded
+        self.ready_with(self.storage.ping().await.is_ok(), self.models.default_model_status().loaded)
+    }
+
+    /// Readiness from its two checks.
+    pub fn ready_with(&self, storage_answers: bool, default_model_loaded: bool) -> bool {
+        storage_answers && (!self.role.serves() || default_model_loaded)
     }
 }
 
@@ -184,15 +190,11 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// deflate stream cost more CPU than the rest of a one-image `/classify` (BENCHMARKS.md, profile).
 const COMPRESS_ABOVE_BYTES: u16 = 1024;
 
-/// The full application: routes with their own middleware, inside the shared middleware
-/// (outermost first).
-pub fn router(state: AppState, config: &ServeArgs) -> Router {
-    let routes = Router::new()
+/// Everything but the probes: the console, training, models, inference and the docs.
+fn service_routes() -> Router<AppState> {
+    Router::new()
         .route("/", get(console::index))
         .route("/console/{name}", get(console::asset))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .route("/train", post(jobs::submit))
         .route("/v1/train", post(jobs::submit))
         .route("/v1/jobs", get(jobs::list))
@@ -221,6 +223,16 @@ pub fn router(state: AppState, config: &ServeArgs) -> Router {
         .route("/openapi.json", get(serve_openapi))
         // The UI reads our document as generated (a round trip through utoipa's types would alter it).
         .merge(SwaggerUi::new("/docs").config(utoipa_swagger_ui::Config::from("/openapi.json")))
+}
+
+/// The full application: routes with their own middleware, inside the shared middleware
+/// (outermost first).
+pub fn router(state: AppState, config: &ServeArgs) -> Router {
+    let operations =
+        Router::new().route("/healthz", get(health::healthz)).route("/readyz", get(health::readyz)).route("/metrics", get(health::metrics));
+    // A worker replica only trains: its HTTP is for probes and scraping.
+    let routes = if config.role.serves() { operations.merge(service_routes()) } else { operations };
+    let routes = routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(AccessPolicy::new(config.api_key.clone(), config.auth_all), auth::require_api_key))

@@ -286,23 +286,25 @@ struct HostInner {
 }
 
 impl ModelHost {
-    /// Starts loading the default model right away, so readiness follows start-up closely.
-    pub fn start(models_dir: PathBuf, default_model: String, device: Device, batching: BatchingConfig, metrics: Arc<Metrics>) -> Self {
-        let default_model = std::sync::RwLock::new(default_model);
-        let host = Self {
+    /// A host with no model loaded yet; each loads at its first request (or `preload_default`).
+    pub fn new(models_dir: PathBuf, default_model: String, device: Device, batching: BatchingConfig, metrics: Arc<Metrics>) -> Self {
+        Self {
             inner: Arc::new(HostInner {
                 models: Resolver::new(models_dir),
-                default_model,
+                default_model: std::sync::RwLock::new(default_model),
                 device,
                 batching,
                 metrics,
                 workers: Mutex::new(HashMap::new()),
             }),
-        };
-        if let Err(error) = host.worker(&ModelRef::Default, false) {
+        }
+    }
+
+    /// Starts loading the default model now rather than at its first request.
+    pub fn preload_default(&self) {
+        if let Err(error) = self.worker(&ModelRef::Default, false) {
             tracing::warn!(%error, "default model not available");
         }
-        host
     }
 
     fn spec(&self, model: &ModelRef) -> String {

@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 
 use crate::storage::jobs::{CancelOutcome, Claimed, JobRecord, JobState, JobStore, Lease, LeaseStatus};
 use crate::storage::{Database, StorageError};
+use crate::telemetry::Metrics;
 use crate::training::{self, CancelToken, EpochMetrics, Places, Progress, TrainError, TrainRequest};
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ pub enum JobError {
 /// Limits and places of the queue.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
+    /// Training threads; 0 makes a replica that only queues jobs for other replicas to train.
     pub workers: usize,
     pub max_queued: usize,
     pub max_epochs: usize,
@@ -56,8 +58,9 @@ pub struct QueueConfig {
     pub heartbeat: Duration,
 }
 
-/// How often a running job's worker looks for a cancel made on another replica.
-const CANCEL_POLL: Duration = Duration::from_secs(1);
+/// How often a running job's worker looks for a cancel made on another replica, and how often
+/// the progress of a job that runs on another replica is read for this one's listeners.
+const REPLICA_POLL: Duration = Duration::from_secs(1);
 
 /// A progress event of one job, as streamed to clients.
 #[derive(Debug, Clone, Serialize)]
@@ -80,11 +83,12 @@ struct Inner {
     wake: (Mutex<bool>, Condvar),
     running: Mutex<HashMap<i64, CancelToken>>,
     events: EventChannels,
+    metrics: Arc<Metrics>,
 }
 
 impl JobQueue {
     /// Starts the workers. Jobs a crash left running are taken over once their leases expire.
-    pub fn start(store: Database, config: QueueConfig) -> Result<Self, JobError> {
+    pub fn start(store: Database, config: QueueConfig, metrics: Arc<Metrics>) -> Result<Self, JobError> {
         let queue = Self {
             inner: Arc::new(Inner {
                 store,
@@ -92,10 +96,11 @@ impl JobQueue {
                 wake: (Mutex::new(false), Condvar::new()),
                 running: Mutex::default(),
                 events: EventChannels::default(),
+                metrics,
             }),
         };
         let process = worker_process_id();
-        for n in 0..queue.inner.config.workers.max(1) {
+        for n in 0..queue.inner.config.workers {
             let worker = queue.clone();
             let lease = Lease { owner: format!("{process}/train-{n}"), duration: queue.inner.config.lease };
             std::thread::Builder::new()
@@ -103,6 +108,11 @@ impl JobQueue {
                 .spawn(move || worker.work(lease))
                 .map_err(|e| StorageError::Task(e.to_string()))?;
         }
+        let follower = queue.clone();
+        std::thread::Builder::new()
+            .name("job-events".into())
+            .spawn(move || follower.follow_jobs_running_elsewhere())
+            .map_err(|e| StorageError::Task(e.to_string()))?;
         Ok(queue)
     }
 
@@ -149,6 +159,20 @@ impl JobQueue {
         Ok(self.inner.store.list(state, limit, offset)?)
     }
 
+    /// Sets the jobs-by-state gauges from the database, for a scrape.
+    pub fn refresh_metrics(&self) -> Result<(), JobError> {
+        let counts = self.inner.store.count_by_state()?;
+        for state in JobState::ALL {
+            let n = counts.iter().find(|(s, _)| *s == state).map_or(0, |(_, n)| *n);
+            self.inner.metrics.jobs.with_label_values(&[state.as_str()]).set(n as i64);
+        }
+        Ok(())
+    }
+
+    fn count_lease(&self, event: &str) {
+        self.inner.metrics.job_leases.with_label_values(&[event]).inc();
+    }
+
     pub fn queue_position(&self, id: i64) -> Result<Option<usize>, JobError> {
         Ok(self.inner.store.queue_position(id)?)
     }
@@ -177,6 +201,33 @@ impl JobQueue {
 
     fn publish(&self, id: i64, event: JobEvent) {
         self.inner.events.publish(id, event);
+    }
+
+    /// Gives listeners of a job that runs on another replica (or whose worker died) its progress
+    /// from the database: finished epochs and the end, read every second. Step events exist only
+    /// on the replica that trains.
+    fn follow_jobs_running_elsewhere(&self) {
+        loop {
+            std::thread::sleep(REPLICA_POLL);
+            let local: Vec<i64> = self.inner.running.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect();
+            for id in self.inner.events.listened_to().into_iter().filter(|id| !local.contains(id)) {
+                let job = match self.inner.store.get(id) {
+                    Ok(Some(job)) => job,
+                    Ok(None) => continue,
+                    Err(error) => {
+                        tracing::warn!(job = id, %error, "cannot read the progress of a job");
+                        continue;
+                    }
+                };
+                let history: Vec<EpochMetrics> = serde_json::from_value(job.history).unwrap_or_default();
+                for metrics in history {
+                    self.publish(id, JobEvent::Epoch { metrics });
+                }
+                if job.state.is_final() {
+                    self.publish(id, JobEvent::Finished { state: job.state, error: job.error, model_version: job.model_version });
+                }
+            }
+        }
     }
 
     fn wake_workers(&self) {
@@ -216,6 +267,7 @@ impl JobQueue {
                 return;
             }
         };
+        self.count_lease(if taken_over { "taken_over" } else { "claimed" });
         if taken_over {
             tracing::warn!(job = id, attempt = job.attempts, "took over a job whose worker's lease expired; resuming from its checkpoint");
         }
@@ -301,7 +353,7 @@ impl JobQueue {
     /// made on another replica. Stops the run when the lease is lost, or when the database has not
     /// confirmed it for a whole lease (by then another worker may have taken the job).
     fn keep_lease(&self, id: i64, lease: &Lease, token: &CancelToken, training_done: &(Mutex<bool>, Condvar), lease_lost: &AtomicBool) {
-        let (heartbeat, tick) = (self.inner.config.heartbeat, self.inner.config.heartbeat.min(CANCEL_POLL));
+        let (heartbeat, tick) = (self.inner.config.heartbeat, self.inner.config.heartbeat.min(REPLICA_POLL));
         let (mut renewed, mut confirmed) = (Instant::now(), Instant::now());
         let mut done = training_done.0.lock().unwrap_or_else(|p| p.into_inner());
         loop {
@@ -313,13 +365,15 @@ impl JobQueue {
             match self.inner.store.check_lease(id, lease, renew) {
                 Ok(status) => {
                     confirmed = Instant::now();
-                    if renew {
+                    if renew && status != LeaseStatus::Lost {
                         renewed = confirmed;
+                        self.count_lease("renewed");
                     }
                     match status {
                         LeaseStatus::Held => {}
                         LeaseStatus::CancelRequested => token.cancel(),
                         LeaseStatus::Lost => {
+                            self.count_lease("lost");
                             lease_lost.store(true, Ordering::Relaxed);
                             return token.cancel();
                         }
@@ -327,6 +381,7 @@ impl JobQueue {
                 }
                 Err(error) if confirmed.elapsed() >= lease.duration => {
                     tracing::error!(job = id, %error, "the database has not confirmed this job's lease for a whole lease; stopping it");
+                    self.count_lease("lost");
                     lease_lost.store(true, Ordering::Relaxed);
                     return token.cancel();
                 }
@@ -364,23 +419,40 @@ fn worker_process_id() -> String {
 
 /// Progress channels of the jobs someone listens to. A channel lasts while it has subscribers
 /// (an SSE client that hung up drops its receiver) and until its job finishes, so clients that
-/// come and go, or ask for jobs that do not exist, leave nothing behind.
+/// come and go, or ask for jobs that do not exist, leave nothing behind. Each epoch goes out
+/// once, whether its worker runs here or its record was read from the database.
 #[derive(Default)]
-struct EventChannels(Mutex<HashMap<i64, broadcast::Sender<JobEvent>>>);
+struct EventChannels(Mutex<HashMap<i64, Channel>>);
+
+struct Channel {
+    sender: broadcast::Sender<JobEvent>,
+    /// The last epoch sent.
+    epochs_sent: usize,
+}
 
 impl EventChannels {
     fn subscribe(&self, id: i64) -> broadcast::Receiver<JobEvent> {
         let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        channels.retain(|_, sender| sender.receiver_count() > 0);
-        channels.entry(id).or_insert_with(|| broadcast::channel(256).0).subscribe()
+        channels.retain(|_, channel| channel.sender.receiver_count() > 0);
+        channels.entry(id).or_insert_with(|| Channel { sender: broadcast::channel(256).0, epochs_sent: 0 }).sender.subscribe()
+    }
+
+    fn listened_to(&self) -> Vec<i64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).keys().copied().collect()
     }
 
     fn publish(&self, id: i64, event: JobEvent) {
         let finished = matches!(event, JobEvent::Finished { .. });
         let mut channels = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = channels.get(&id) {
-            let _ = sender.send(event);
-            if finished || sender.receiver_count() == 0 {
+        if let Some(channel) = channels.get_mut(&id) {
+            if let JobEvent::Epoch { metrics } = &event {
+                if metrics.epoch <= channel.epochs_sent {
+                    return;
+                }
+                channel.epochs_sent = metrics.epoch;
+            }
+            let _ = channel.sender.send(event);
+            if finished || channel.sender.receiver_count() == 0 {
                 channels.remove(&id);
             }
         }
@@ -414,5 +486,35 @@ mod tests {
         drop(channels.subscribe(8));
         channels.publish(8, JobEvent::Step { epoch: 1, step: 1, steps: 2 });
         assert_eq!(channels.len(), 0);
+    }
+
+    #[test]
+    fn each_epoch_goes_out_once_from_the_local_worker_or_the_database() {
+        let channels = EventChannels::default();
+        let mut listening = channels.subscribe(3);
+        let epoch = |epoch| JobEvent::Epoch {
+            metrics: EpochMetrics {
+                epoch,
+                loss: 1.0,
+                reconstruction: 1.0,
+                kl: 0.0,
+                validation_negative_elbo: None,
+                validation_accuracy: None,
+                learning_rate: 0.1,
+                kl_weight: 1.0,
+                seconds: 1.0,
+                images_per_second: 1.0,
+            },
+        };
+        // The history read from the database each second repeats the epochs already sent.
+        for event in [epoch(1), epoch(1), epoch(2), epoch(1), epoch(2), epoch(3)] {
+            channels.publish(3, event);
+        }
+        let sent: Vec<usize> = std::iter::from_fn(|| match listening.try_recv() {
+            Ok(JobEvent::Epoch { metrics }) => Some(metrics.epoch),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(sent, [1, 2, 3]);
     }
 }

@@ -27,6 +27,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     if args.api_key.as_deref().is_none_or(str::is_empty) {
         tracing::warn!("VAE_API_KEY is not set: state-changing requests are open to anyone who can reach this address");
     }
+    tracing::info!(role = ?args.role, trains = args.role.trains(), serves = args.role.serves(), "replica role");
     let storage = Database::open(&args.database)?;
     storage.record_start(format!("{:?}", runtime.device)).await?;
     tracing::info!(database = %args.database.display(), "storage open");
@@ -34,13 +35,17 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     // A default chosen over the API (PUT /v1/models/{name}/default) outlives restarts.
     let default_model = storage.setting(DEFAULT_MODEL_SETTING).await?.unwrap_or_else(|| args.default_model.clone());
     tracing::info!(default_model = %default_model, "default model");
-    let models = ModelHost::start(args.models_dir.clone(), default_model, runtime.device, args.batching(), metrics.clone());
+    let models = ModelHost::new(args.models_dir.clone(), default_model, runtime.device, args.batching(), metrics.clone());
+    if args.role.serves() {
+        // Loading right away makes readiness follow start-up closely.
+        models.preload_default();
+    }
     let jobs_dir = args.database.parent().map(|d| d.join("jobs")).unwrap_or_else(|| "jobs".into());
     let (lease, heartbeat) = args.job_lease()?;
     let jobs = JobQueue::start(
         storage.clone(),
         QueueConfig {
-            workers: args.train_workers,
+            workers: if args.role.trains() { args.train_workers.max(1) } else { 0 },
             max_queued: args.max_queued_jobs,
             max_epochs: args.max_epochs,
             max_train_images: args.max_train_images,
@@ -52,6 +57,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
             lease,
             heartbeat,
         },
+        metrics.clone(),
     )?;
     let state = AppState {
         storage,
@@ -61,8 +67,12 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         data_dir: Arc::from(global.data_dir.as_path()),
         metrics: metrics.clone(),
         runtime: Arc::new(runtime),
+        role: args.role,
     };
-    let grpc = args.grpc_addr()?.map(|addr| (addr, state.clone()));
+    if args.role.serves() {
+        tokio::spawn(follow_default_model(state.storage.clone(), state.models.clone()));
+    }
+    let grpc = if args.role.serves() { args.grpc_addr()? } else { None }.map(|addr| (addr, state.clone()));
     let app = api::router(state, &args);
 
     // Handlers are installed before the address is announced, so an early SIGTERM is still graceful.
@@ -107,6 +117,35 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often a replica looks for a default model chosen on another replica.
+const DEFAULT_MODEL_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Follows the default model chosen over the API on any replica sharing the database: each
+/// replica serves what the stored setting says within a couple of seconds.
+async fn follow_default_model(storage: Database, models: ModelHost) {
+    let mut poll = tokio::time::interval(DEFAULT_MODEL_POLL);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A choice this replica cannot serve is reported once, not at every poll.
+    let mut refused = None;
+    loop {
+        poll.tick().await;
+        let Ok(Some(chosen)) = storage.setting(DEFAULT_MODEL_SETTING).await else { continue };
+        if chosen == models.default_spec() || refused.as_ref() == Some(&chosen) {
+            continue;
+        }
+        let host = models.clone();
+        let spec = chosen.clone();
+        match tokio::task::spawn_blocking(move || host.set_default(&spec)).await {
+            Ok(Ok(serving)) => tracing::info!(default_model = %chosen, serving = %serving, "default model changed on another replica"),
+            Ok(Err(error)) => {
+                tracing::warn!(default_model = %chosen, %error, "the default model chosen on another replica cannot be served here");
+                refused = Some(chosen);
+            }
+            Err(error) => tracing::error!(%error, "following the default model failed"),
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM; the handlers are registered when this is called.

@@ -39,10 +39,10 @@ impl JobState {
         }
     }
 
+    pub const ALL: [Self; 6] = [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Interrupted];
+
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Queued, Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled, Self::Interrupted]
-            .into_iter()
-            .find(|s| s.as_str() == text)
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     pub fn is_final(self) -> bool {
@@ -136,6 +136,8 @@ pub trait JobStore: Send + Sync {
     /// Records the end of a job if `owner` still holds it; false when it does not.
     fn finish(&self, id: i64, owner: &str, state: JobState, error: Option<&str>, model_version: Option<u32>) -> Result<bool, StorageError>;
     fn cancel(&self, id: i64) -> Result<CancelOutcome, StorageError>;
+    /// How many jobs are in each state.
+    fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StorageError>;
 }
 
 const COLUMNS: &str = "id, state, request, created_at, started_at, finished_at, progress, history, error, model_version, attempts";
@@ -311,6 +313,14 @@ impl JobStore for Database {
             Ok(outcome)
         })
     }
+
+    fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StorageError> {
+        self.with_sync(|c| {
+            let mut statement = c.prepare("SELECT state, count(*) FROM jobs GROUP BY state")?;
+            let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+            Ok(rows.filter_map(|row| row.ok().and_then(|(state, n)| Some((JobState::parse(&state)?, n)))).collect())
+        })
+    }
 }
 
 #[cfg(test)]
@@ -351,6 +361,9 @@ mod tests {
         assert_eq!(db.cancel(99).unwrap(), CancelOutcome::NotFound);
         assert_eq!(db.list(Some(JobState::Cancelled), 10, 0).unwrap().len(), 1);
         assert_eq!(db.list(None, 1, 1).unwrap()[0].id, 1, "newest first, paginated");
+        let mut counts = db.count_by_state().unwrap();
+        counts.sort_by_key(|(state, _)| state.as_str());
+        assert_eq!(counts, [(JobState::Cancelled, 1), (JobState::Succeeded, 1)]);
     }
 
     #[test]

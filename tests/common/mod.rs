@@ -7,6 +7,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde_json::{json, Value};
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_vae-serve");
 
 /// A running server; killed when dropped.
@@ -200,4 +202,32 @@ pub fn test_digits(n: usize) -> Vec<(Vec<u8>, i64)> {
             (png.into_inner(), l)
         })
         .collect()
+}
+
+/// A small MLP training request on MNIST.
+pub fn tiny_job(name: &str, epochs: usize, max_train: usize) -> Value {
+    json!({
+        "name": name,
+        "dataset": "mnist",
+        "options": { "epochs": epochs, "batch_size": 50, "model": { "architecture": "mlp", "hidden": [64], "latent_dim": 8 } },
+        "data": { "max_train": max_train, "validation_fraction": 0.1 }
+    })
+}
+
+/// Polls job `id` until its state is one of `wanted`.
+pub fn wait_for_state(server: &Server, id: i64, wanted: &[&str], limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let job: Value = client().get(server.url(&format!("/v1/jobs/{id}"))).send().unwrap().json().unwrap();
+        if wanted.contains(&job["state"].as_str().unwrap()) {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} stuck: {job}\nlog:\n{}", server.log.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// POST /train.
+pub fn submit(server: &Server, body: &Value) -> reqwest::blocking::Response {
+    client().post(server.url("/train")).json(body).send().unwrap()
 }

@@ -1,0 +1,147 @@
+//! Several replicas of the real binary on one database and one model folder: every job runs
+//! once however many workers compete for it, a job whose replica was killed (SIGKILL) is taken
+//! over when its lease expires and resumes from its checkpoint, and cancel, progress and the
+//! default model cross replicas.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{client, submit, tiny_job, train_tiny, wait_for_state, Server, ServerOptions};
+use serde_json::{json, Value};
+
+/// A replica on the database and model folder under `dir` (the harness sets a 3 s lease).
+fn replica(dir: &Path, env: &[(&str, &str)]) -> Server {
+    Server::start(ServerOptions {
+        models_dir: Some(dir.join("models")),
+        database: Some(dir.join("state/vae.db")),
+        env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..Default::default()
+    })
+}
+
+fn job(server: &Server, id: i64) -> Value {
+    client().get(server.url(&format!("/v1/jobs/{id}"))).send().unwrap().json().unwrap()
+}
+
+fn id_of(response: reqwest::blocking::Response) -> i64 {
+    assert_eq!(response.status(), 202);
+    response.json::<Value>().unwrap()["job"]["id"].as_i64().unwrap()
+}
+
+fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_killed_replicas_job_is_taken_over_and_resumed_while_cancel_progress_and_the_default_cross_replicas() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    train_tiny(&models, "tiny", "mlp");
+    train_tiny(&models, "other", "mlp");
+
+    // Replica A runs both jobs before replica B exists.
+    let a = replica(dir.path(), &[("VAE_TRAIN_WORKERS", "2")]);
+    let to_cancel = id_of(submit(&a, &tiny_job("cancelled", 500, 6000)));
+    let mut long = tiny_job("taken-over", 24, 6000);
+    long["options"]["model"]["hidden"] = json!([256, 128]);
+    let taken = id_of(submit(&a, &long));
+    wait_until("both jobs to finish an epoch on A", Duration::from_secs(120), || {
+        [to_cancel, taken].iter().all(|&id| job(&a, id)["history"].as_array().is_some_and(|h| !h.is_empty()))
+    });
+    let b = replica(dir.path(), &[]);
+    b.wait_ready();
+
+    // B streams the progress of a job that runs on A.
+    let events = client().get(b.url(&format!("/v1/jobs/{taken}/events"))).send().unwrap();
+    let mut lines = BufReader::new(events).lines().map_while(Result::ok).filter(|l| l.starts_with("event:"));
+    assert_eq!(lines.next().as_deref(), Some("event: snapshot"));
+    assert_eq!(lines.next().as_deref(), Some("event: epoch"), "an epoch finished on A reaches B's listener");
+
+    // A cancel sent to B stops the job on A.
+    let cancel = client().delete(b.url(&format!("/v1/jobs/{to_cancel}"))).send().unwrap();
+    assert!(cancel.status().is_success(), "{}", cancel.status());
+    let cancelled = wait_for_state(&b, to_cancel, &["cancelled", "succeeded", "failed"], Duration::from_secs(30));
+    assert_eq!(cancelled["state"], "cancelled");
+    assert!(a.log_contains("training job cancelled"), "A stopped it");
+
+    // A default chosen on A is served by B within a few seconds.
+    assert_eq!(client().put(a.url("/v1/models/other/default")).send().unwrap().status(), 200);
+    wait_until("B to serve A's default", Duration::from_secs(10), || {
+        client().get(b.url("/readyz")).send().unwrap().json::<Value>().unwrap()["default_model_id"] == "other@1"
+    });
+
+    // A dies mid-run; B takes the job over once A's lease expires and resumes from the checkpoint.
+    let before = job(&b, taken);
+    assert_eq!(before["state"], "running", "the job finished before the kill; make it longer: {before}");
+    a.kill_hard();
+    let done = wait_for_state(&b, taken, &["succeeded", "failed", "interrupted"], Duration::from_secs(240));
+    assert_eq!(done["state"], "succeeded", "{done}\nB's log:\n{}", b.log.lock().unwrap());
+    assert_eq!(done["attempts"], 2, "run on A, resumed on B");
+    let epochs: Vec<u64> = done["history"].as_array().unwrap().iter().map(|m| m["epoch"].as_u64().unwrap()).collect();
+    assert_eq!(epochs, (1..=24).collect::<Vec<_>>(), "every epoch ran once");
+    assert!(b.log_contains("took over a job whose worker's lease expired"));
+    assert!(b.log_contains("resuming from checkpoint"));
+    let resumed_at = before["history"].as_array().unwrap().len();
+    assert!((1..24).contains(&resumed_at), "killed mid-run, after an epoch");
+
+    // The model is listed and servable on B and on a new replica in A's place.
+    let a = replica(dir.path(), &[]);
+    a.wait_ready();
+    for server in [&a, &b] {
+        let versions: Value = client().get(server.url("/v1/models/taken-over")).send().unwrap().json().unwrap();
+        assert_eq!(versions["versions"].as_array().unwrap().len(), 1, "published once");
+        assert_eq!(client().get(server.url("/v1/models/taken-over/sample?n=2")).send().unwrap().status(), 200);
+    }
+    let metrics = client().get(b.url("/metrics")).send().unwrap().text().unwrap();
+    assert!(metrics.contains("vae_job_leases_total{event=\"taken_over\"} 1"), "{metrics}");
+    assert!(metrics.contains("vae_jobs{state=\"succeeded\"} 1"));
+}
+
+#[test]
+fn four_workers_on_two_replicas_run_each_of_twenty_jobs_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    train_tiny(&dir.path().join("models"), "tiny", "mlp");
+    let env = [("VAE_TRAIN_WORKERS", "2"), ("VAE_MAX_QUEUED_JOBS", "32")];
+    let replicas = [replica(dir.path(), &env), replica(dir.path(), &env)];
+    let ids: Vec<i64> = (0..20).map(|n| id_of(submit(&replicas[n % 2], &tiny_job(&format!("job-{n}"), 1, 1000)))).collect();
+    for &id in &ids {
+        let done = wait_for_state(&replicas[0], id, &["succeeded", "failed"], Duration::from_secs(300));
+        assert_eq!((done["state"].as_str(), done["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{done}");
+    }
+    for n in 0..20 {
+        let versions: Value = client().get(replicas[1].url(&format!("/v1/models/job-{n}"))).send().unwrap().json().unwrap();
+        assert_eq!(versions["versions"].as_array().unwrap().len(), 1, "job-{n} published once");
+    }
+    let started: Vec<usize> = replicas.iter().map(|r| r.log.lock().unwrap().matches("training job started").count()).collect();
+    assert_eq!(started.iter().sum::<usize>(), 20, "each job started once: {started:?}");
+    assert!(started.iter().all(|&n| n > 0), "both replicas trained: {started:?}");
+}
+
+#[test]
+fn an_api_replica_queues_and_a_worker_replica_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    train_tiny(&dir.path().join("models"), "tiny", "mlp");
+    let api = replica(dir.path(), &[("VAE_ROLE", "api")]);
+    api.wait_ready();
+    let id = id_of(submit(&api, &tiny_job("by-worker", 1, 500)));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(job(&api, id)["state"], "queued", "an api replica never trains");
+
+    let worker = replica(dir.path(), &[("VAE_ROLE", "worker")]);
+    worker.wait_ready();
+    let ready: Value = client().get(worker.url("/readyz")).send().unwrap().json().unwrap();
+    assert_eq!((ready["role"].as_str(), ready["status"].as_str()), (Some("worker"), Some("ready")));
+    assert_eq!(client().get(worker.url("/train")).send().unwrap().status(), 404, "a worker serves no API");
+    assert_eq!(client().get(worker.url("/metrics")).send().unwrap().status(), 200);
+    let done = wait_for_state(&api, id, &["succeeded", "failed"], Duration::from_secs(120));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert!(worker.log_contains("training job succeeded"));
+    assert_eq!(client().get(api.url("/v1/models/by-worker/sample?n=1")).send().unwrap().status(), 200, "the api replica serves it");
+}
