@@ -145,3 +145,34 @@ fn an_api_replica_queues_and_a_worker_replica_trains() {
     assert!(worker.log_contains("training job succeeded"));
     assert_eq!(client().get(api.url("/v1/models/by-worker/sample?n=1")).send().unwrap().status(), 200, "the api replica serves it");
 }
+
+#[test]
+fn a_replica_stopped_gracefully_hands_its_job_over_without_waiting_for_the_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    train_tiny(&dir.path().join("models"), "tiny", "mlp");
+    // A lease far longer than the test waits: only the hand-over can explain a quick takeover.
+    let long_lease = [("VAE_JOB_LEASE_SECS", "300"), ("VAE_JOB_HEARTBEAT_SECS", "10")];
+    let first = replica(dir.path(), &long_lease);
+    let mut body = tiny_job("handed-over", 30, 6000);
+    body["options"]["model"]["hidden"] = json!([256, 128]);
+    let id = id_of(submit(&first, &body));
+    wait_until("an epoch on the first replica", Duration::from_secs(120), || {
+        job(&first, id)["history"].as_array().is_some_and(|h| !h.is_empty())
+    });
+    assert!(first.terminate().success());
+
+    let second = replica(dir.path(), &long_lease);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resumed = loop {
+        let current = job(&second, id);
+        if current["attempts"] == 2 {
+            break current;
+        }
+        assert!(Instant::now() < deadline, "not taken over: {current}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(resumed["state"], "running");
+    let done = wait_for_state(&second, id, &["succeeded", "failed"], Duration::from_secs(240));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["history"].as_array().unwrap().len(), 30);
+}

@@ -79,6 +79,8 @@ pub struct JobQueue {
 
 struct Inner {
     store: Database,
+    /// This process among the replicas; its workers' lease owners start with it.
+    process: String,
     config: QueueConfig,
     wake: (Mutex<bool>, Condvar),
     running: Mutex<HashMap<i64, CancelToken>>,
@@ -92,6 +94,7 @@ impl JobQueue {
         let queue = Self {
             inner: Arc::new(Inner {
                 store,
+                process: format!("{}/", worker_process_id()),
                 config,
                 wake: (Mutex::new(false), Condvar::new()),
                 running: Mutex::default(),
@@ -99,10 +102,9 @@ impl JobQueue {
                 metrics,
             }),
         };
-        let process = worker_process_id();
         for n in 0..queue.inner.config.workers {
             let worker = queue.clone();
-            let lease = Lease { owner: format!("{process}/train-{n}"), duration: queue.inner.config.lease };
+            let lease = Lease { owner: format!("{}train-{n}", queue.inner.process), duration: queue.inner.config.lease };
             std::thread::Builder::new()
                 .name(format!("train-{n}"))
                 .spawn(move || worker.work(lease))
@@ -157,6 +159,16 @@ impl JobQueue {
 
     pub fn list(&self, state: Option<JobState>, limit: usize, offset: usize) -> Result<Vec<JobRecord>, JobError> {
         Ok(self.inner.store.list(state, limit, offset)?)
+    }
+
+    /// At shutdown: hands the jobs this process trains to other workers now rather than when
+    /// their leases expire. Their training here stops at its next lease check, writing nothing.
+    pub fn release_leases(&self) {
+        match self.inner.store.release_leases(&self.inner.process) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(jobs = n, "handed running jobs over to other workers; they resume from their checkpoints"),
+            Err(error) => tracing::warn!(%error, "cannot hand running jobs over; other workers take them when their leases expire"),
+        }
     }
 
     /// Sets the jobs-by-state gauges from the database, for a scrape.

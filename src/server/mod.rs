@@ -72,6 +72,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
     if args.role.serves() {
         tokio::spawn(follow_default_model(state.storage.clone(), state.models.clone()));
     }
+    let jobs = state.jobs.clone();
     let grpc = if args.role.serves() { args.grpc_addr()? } else { None }.map(|addr| (addr, state.clone()));
     let app = api::router(state, &args);
 
@@ -114,6 +115,9 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         _ = async { shutdown_started.notified().await; tokio::time::sleep(grace).await } => {
             tracing::warn!(grace_secs = grace.as_secs(), "in-flight requests did not finish in time; exiting anyway");
         }
+    }
+    if let Err(error) = tokio::task::spawn_blocking(move || jobs.release_leases()).await {
+        tracing::warn!(%error, "handing running jobs over failed");
     }
     tracing::info!("stopped");
     Ok(())

@@ -138,6 +138,9 @@ pub trait JobStore: Send + Sync {
     fn cancel(&self, id: i64) -> Result<CancelOutcome, StorageError>;
     /// How many jobs are in each state.
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StorageError>;
+    /// Gives up the leases of every worker whose owner id starts with `owner_prefix` (a process
+    /// that stops), so that other workers take their jobs over at once; returns how many.
+    fn release_leases(&self, owner_prefix: &str) -> Result<usize, StorageError>;
 }
 
 const COLUMNS: &str = "id, state, request, created_at, started_at, finished_at, progress, history, error, model_version, attempts";
@@ -314,6 +317,16 @@ impl JobStore for Database {
         })
     }
 
+    fn release_leases(&self, owner_prefix: &str) -> Result<usize, StorageError> {
+        self.with_sync(|c| {
+            c.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_expires_at = NULL
+                 WHERE state = 'running' AND substr(lease_owner, 1, length(?1)) = ?1",
+                [owner_prefix],
+            )
+        })
+    }
+
     fn count_by_state(&self) -> Result<Vec<(JobState, u64)>, StorageError> {
         self.with_sync(|c| {
             let mut statement = c.prepare("SELECT state, count(*) FROM jobs GROUP BY state")?;
@@ -386,6 +399,22 @@ mod tests {
         assert!(!db.finish(1, "dying", JobState::Failed, Some("late"), None).unwrap());
         assert!(db.finish(1, "survivor", JobState::Succeeded, None, Some(1)).unwrap());
         assert_eq!(db.get(1).unwrap().unwrap().state, JobState::Succeeded);
+    }
+
+    #[test]
+    fn a_stopping_process_hands_its_jobs_over_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Database::open(&dir.path().join("jobs.db")).unwrap();
+        for _ in 0..3 {
+            db.enqueue(&serde_json::json!({}), 4).unwrap();
+        }
+        let (mine, other) = (lease("host:1:ab/train-0", 60_000), lease("host:1:abc/train-0", 60_000));
+        db.claim_next(&mine).unwrap().unwrap();
+        db.claim_next(&other).unwrap().unwrap();
+        assert_eq!(db.release_leases("host:1:ab/").unwrap(), 1, "only this process's leases");
+        assert_eq!(db.check_lease(1, &mine, true).unwrap(), LeaseStatus::Lost, "and its worker may not renew it");
+        let next = db.claim_next(&lease("b", 60_000)).unwrap().unwrap();
+        assert_eq!((next.job.id, next.taken_over), (1, true), "handed over before the queued job 3");
     }
 
     #[test]
