@@ -125,7 +125,6 @@ pub trait JobStore: Send + Sync {
     fn list(&self, state: Option<JobState>, limit: usize, offset: usize) -> Result<Vec<JobRecord>, StorageError>;
     fn queue_position(&self, id: i64) -> Result<Option<usize>, StorageError>;
     /// Records progress if `owner` still holds the job; false when it does not.
-    /// Records progress if `owner` still holds the job; false when it does not.
     fn record_progress(
         &self,
         id: i64,
