@@ -1,10 +1,24 @@
 #!/usr/bin/env bash
-# Provisions the test tools, pinned, in the project virtualenv that setup-libtorch.sh made:
-# schemathesis (the API contract test) and the official Triton clients (the Open Inference
-# Protocol conformance test). Idempotent: a second run only checks the installed versions.
+# Provisions the test tools: Debian's PostgreSQL server binaries (the tests make throw-away
+# clusters with them; no server is started here), and, pinned in the project virtualenv that
+# setup-libtorch.sh made, schemathesis (the API contract test), the official Triton clients (the
+# Open Inference Protocol conformance test) and kubernetes-validate (the deployment manifests).
+# Idempotent: a second run only checks what is there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
+
+if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "setup-test-tools: PostgreSQL's server binaries are missing; install Debian's postgresql (sudo apt-get install postgresql)" >&2
+    exit 1
+  fi
+  echo "setup-test-tools: installing Debian's postgresql (one-off)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  # Fresh machines may have no package lists yet. The package starts no server in a container;
+  # where it does (systemd), the tests never use it.
+  apt-get install -y -qq postgresql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+fi
 # name==version, and the pip requirement that installs it.
 TOOLS=(
   "schemathesis==4.32.5 schemathesis==4.32.5"

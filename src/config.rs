@@ -90,9 +90,15 @@ pub struct ServeArgs {
     /// Directory holding model directories (`<name>/v<N>/`).
     #[arg(long, env = "VAE_MODELS_DIR", default_value = "./models")]
     pub models_dir: PathBuf,
-    /// SQLite database file (created if missing).
+    /// Where jobs and settings live: a SQLite file (created if missing) for one machine, or a
+    /// `postgres://user[:password]@host:port/db` URL that several replicas share (no TLS; the
+    /// password may also come from PGPASSWORD).
     #[arg(long, env = "VAE_DATABASE", default_value = "./data/vae-serve.db")]
-    pub database: PathBuf,
+    pub database: String,
+    /// Where running jobs keep their epoch checkpoints; replicas that take jobs over from each
+    /// other must all see it. Default: `jobs/` beside a SQLite file, or beside the models directory.
+    #[arg(long, env = "VAE_JOBS_DIR")]
+    pub jobs_dir: Option<PathBuf>,
     /// Model served by the top-level endpoints: `name` (latest version) or `name@N`.
     #[arg(long, env = "VAE_DEFAULT_MODEL", default_value = "mnist-ssvae")]
     pub default_model: String,

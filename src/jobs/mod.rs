@@ -19,7 +19,7 @@ use tch::Device;
 use tokio::sync::broadcast;
 
 use crate::storage::jobs::{CancelOutcome, Claimed, JobRecord, JobState, JobStore, Lease, LeaseStatus};
-use crate::storage::{Database, StorageError};
+use crate::storage::StorageError;
 use crate::telemetry::Metrics;
 use crate::training::{self, CancelToken, EpochMetrics, Places, Progress, TrainError, TrainRequest};
 
@@ -78,7 +78,7 @@ pub struct JobQueue {
 }
 
 struct Inner {
-    store: Database,
+    store: Arc<dyn JobStore>,
     /// This process among the replicas; its workers' lease owners start with it.
     process: String,
     config: QueueConfig,
@@ -90,7 +90,7 @@ struct Inner {
 
 impl JobQueue {
     /// Starts the workers. Jobs a crash left running are taken over once their leases expire.
-    pub fn start(store: Database, config: QueueConfig, metrics: Arc<Metrics>) -> Result<Self, JobError> {
+    pub fn start(store: Arc<dyn JobStore>, config: QueueConfig, metrics: Arc<Metrics>) -> Result<Self, JobError> {
         let queue = Self {
             inner: Arc::new(Inner {
                 store,

@@ -28,9 +28,9 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         tracing::warn!("VAE_API_KEY is not set: state-changing requests are open to anyone who can reach this address");
     }
     tracing::info!(role = ?args.role, trains = args.role.trains(), serves = args.role.serves(), "replica role");
-    let storage = Database::open(&args.database)?;
+    let storage = Database::open(&args.database).await?;
     storage.record_start(format!("{:?}", runtime.device)).await?;
-    tracing::info!(database = %args.database.display(), "storage open");
+    tracing::info!(database = %storage.describe(), "storage open");
     let metrics = Arc::new(Metrics::new());
     // A default chosen over the API (PUT /v1/models/{name}/default) outlives restarts.
     let default_model = storage.setting(DEFAULT_MODEL_SETTING).await?.unwrap_or_else(|| args.default_model.clone());
@@ -40,10 +40,13 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         // Loading right away makes readiness follow start-up closely.
         models.preload_default();
     }
-    let jobs_dir = args.database.parent().map(|d| d.join("jobs")).unwrap_or_else(|| "jobs".into());
+    let jobs_dir = args.jobs_dir.clone().unwrap_or_else(|| {
+        let beside = storage.local_dir().or_else(|| args.models_dir.parent().map(std::path::Path::to_path_buf));
+        beside.unwrap_or_default().join("jobs")
+    });
     let (lease, heartbeat) = args.job_lease()?;
     let jobs = JobQueue::start(
-        storage.clone(),
+        storage.jobs(),
         QueueConfig {
             workers: if args.role.trains() { args.train_workers.max(1) } else { 0 },
             max_queued: args.max_queued_jobs,

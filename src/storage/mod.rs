@@ -1,13 +1,17 @@
-//! The service's embedded database: SQLite in WAL mode, schema migrations applied at open.
-//! Training jobs live here (see `jobs.rs`), behind the `JobStore` trait.
+//! What the service stores (jobs, settings such as the default model, service starts), behind one
+//! handle whichever database holds it: an embedded SQLite file for one machine, or PostgreSQL,
+//! which several replicas on several machines share. The location picks the backend; nothing
+//! outside this module knows which one it got.
 
+pub mod cluster;
 pub mod jobs;
+mod postgres;
+mod sqlite;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use rusqlite::{Connection, OptionalExtension};
-use rusqlite_migration::{Migrations, M};
+use jobs::JobStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -17,6 +21,11 @@ pub enum StorageError {
     Sqlite { path: PathBuf, source: rusqlite::Error },
     #[error("database {path}: migration failed: {source}")]
     Migration { path: PathBuf, source: rusqlite_migration::Error },
+    /// `target` names the server and database, never the password.
+    #[error("database {target}: {message}")]
+    Postgres { target: String, message: String },
+    #[error("database URL {url:?} is not valid: {reason}")]
+    InvalidUrl { url: String, reason: String },
     #[error("database task failed: {0}")]
     Task(String),
 }
@@ -24,115 +33,108 @@ pub enum StorageError {
 /// Settings key of the default model chosen over the API.
 pub const DEFAULT_MODEL_SETTING: &str = "default_model";
 
-/// Schema history; append only, never edit a released step.
-fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(
-            "CREATE TABLE service_starts (
-                 id INTEGER PRIMARY KEY,
-                 started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-                 version TEXT NOT NULL,
-                 device TEXT NOT NULL
-             );",
-        ),
-        M::up(
-            "CREATE TABLE jobs (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'succeeded', 'failed', 'cancelled', 'interrupted')),
-                 request TEXT NOT NULL,
-                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-                 started_at TEXT,
-                 finished_at TEXT,
-                 progress TEXT,
-                 history TEXT NOT NULL DEFAULT '[]',
-                 error TEXT,
-                 model_version INTEGER,
-                 attempts INTEGER NOT NULL DEFAULT 0
-             );
-             CREATE INDEX jobs_by_state ON jobs (state, id);",
-        ),
-        M::up("CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);"),
-        // Leases: the worker that runs a job holds it until `lease_expires_at` (Unix ms, the
-        // database's clock) and renews it; an expired lease lets any worker take the job over.
-        M::up(
-            "ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
-             ALTER TABLE jobs ADD COLUMN lease_expires_at INTEGER;
-             ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;",
-        ),
-    ])
+/// Where the data lives: a `postgres://` (or `postgresql://`) URL, otherwise a SQLite file path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Sqlite(PathBuf),
+    Postgres(String),
 }
 
-/// A shared handle; queries run on the blocking pool so they never stall the async runtime.
+impl Location {
+    pub fn parse(text: &str) -> Self {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Self::Postgres(text.to_string())
+        } else {
+            Self::Sqlite(PathBuf::from(text))
+        }
+    }
+}
+
+/// What each backend provides besides jobs. Synchronous: `Database` runs these calls on the
+/// blocking pool for async callers, and worker threads call the job store directly.
+trait Backend: JobStore {
+    /// The database as logs may show it (a path, or user@host:port/db without the password).
+    fn describe(&self) -> String;
+    /// The directory that holds the database file, if it is one.
+    fn local_dir(&self) -> Option<PathBuf>;
+    fn ping(&self) -> Result<(), StorageError>;
+    fn setting(&self, key: &str) -> Result<Option<String>, StorageError>;
+    fn set_setting(&self, key: &str, value: &str) -> Result<(), StorageError>;
+    fn record_start(&self, version: &str, device: &str) -> Result<(), StorageError>;
+}
+
+/// A shared handle to the service's database; cheap to clone.
 #[derive(Clone)]
 pub struct Database {
-    path: PathBuf,
-    connection: Arc<Mutex<Connection>>,
+    backend: Arc<dyn Backend>,
 }
 
 impl Database {
-    pub fn open(path: &Path) -> Result<Self, StorageError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| StorageError::CreateDir { path: dir.to_path_buf(), source })?;
-        }
-        let sqlite = |source| StorageError::Sqlite { path: path.to_path_buf(), source };
-        let mut connection = Connection::open(path).map_err(sqlite)?;
-        connection.pragma_update(None, "journal_mode", "WAL").map_err(sqlite)?;
-        connection.pragma_update(None, "synchronous", "NORMAL").map_err(sqlite)?;
-        connection.pragma_update(None, "foreign_keys", "ON").map_err(sqlite)?;
-        connection.busy_timeout(std::time::Duration::from_secs(5)).map_err(sqlite)?;
-        migrations().to_latest(&mut connection).map_err(|source| StorageError::Migration { path: path.to_path_buf(), source })?;
-        Ok(Self { path: path.to_path_buf(), connection: Arc::new(Mutex::new(connection)) })
+    /// Opens (creating if needed) the database at `location` and brings its schema up to date.
+    pub async fn open(location: &str) -> Result<Self, StorageError> {
+        let location = location.to_string();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&location)).await.map_err(|e| StorageError::Task(e.to_string()))?
     }
 
-    /// Runs `work` with the connection on this thread (for worker threads and the blocking pool).
-    pub fn with_sync<T>(&self, work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T, StorageError> {
-        let mut guard = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        work(&mut guard).map_err(|source| StorageError::Sqlite { path: self.path.clone(), source })
+    /// `open` for a caller outside the async runtime.
+    pub fn open_blocking(location: &str) -> Result<Self, StorageError> {
+        let backend: Arc<dyn Backend> = match Location::parse(location) {
+            Location::Sqlite(path) => Arc::new(sqlite::Sqlite::open(&path)?),
+            Location::Postgres(url) => Arc::new(postgres::Postgres::open(&url)?),
+        };
+        Ok(Self { backend })
     }
 
-    /// Runs `work` with the connection on the blocking pool.
-    pub async fn with<T, F>(&self, work: F) -> Result<T, StorageError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        let connection = self.connection.clone();
-        let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            let guard = connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            work(&guard).map_err(|source| StorageError::Sqlite { path, source })
-        })
-        .await
-        .map_err(|e| StorageError::Task(e.to_string()))?
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// The directory that holds a SQLite file; none for a database server.
+    pub fn local_dir(&self) -> Option<PathBuf> {
+        self.backend.local_dir()
+    }
+
+    /// The job queue's view of this database.
+    pub fn jobs(&self) -> Arc<dyn JobStore> {
+        self.backend.clone()
+    }
+
+    /// Runs `work` on the blocking pool, so that a query never stalls the async runtime.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Backend) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let backend = self.backend.clone();
+        tokio::task::spawn_blocking(move || work(&*backend)).await.map_err(|e| StorageError::Task(e.to_string()))?
     }
 
     /// Succeeds when the database answers a query.
     pub async fn ping(&self) -> Result<(), StorageError> {
-        self.with(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+        self.blocking(|b| b.ping()).await
     }
 
     pub async fn setting(&self, key: &'static str) -> Result<Option<String>, StorageError> {
-        self.with(move |c| c.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()).await
+        self.blocking(move |b| b.setting(key)).await
     }
 
     pub async fn set_setting(&self, key: &'static str, value: String) -> Result<(), StorageError> {
-        self.with(move |c| {
-            c.execute(
-                "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
-            .map(|_| ())
-        })
-        .await
+        self.blocking(move |b| b.set_setting(key, &value)).await
     }
 
     /// Records a service start (kept as an audit trail of versions and devices that ran on this data).
     pub async fn record_start(&self, device: String) -> Result<(), StorageError> {
-        self.with(move |c| {
-            c.execute("INSERT INTO service_starts (version, device) VALUES (?1, ?2)", (env!("CARGO_PKG_VERSION"), device)).map(|_| ())
-        })
-        .await
+        self.blocking(move |b| b.record_start(env!("CARGO_PKG_VERSION"), &device)).await
     }
+}
+
+/// Where each backend keeps a fresh database, for tests whose bodies must hold for both: a
+/// SQLite file in `dir` and a database on a throw-away PostgreSQL cluster (alive while the
+/// returned guard is).
+#[cfg(test)]
+pub(crate) fn test_locations(dir: &std::path::Path) -> (cluster::PostgresCluster, [String; 2]) {
+    let cluster = cluster::PostgresCluster::start().expect("a throw-away PostgreSQL cluster");
+    let postgres = cluster.create_database("vae").unwrap();
+    (cluster, [dir.join("vae.db").to_string_lossy().into_owned(), postgres])
 }
 
 #[cfg(test)]
@@ -140,25 +142,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn migrations_are_valid() {
-        migrations().validate().unwrap();
+    fn a_url_picks_postgres_and_anything_else_is_a_file() {
+        assert_eq!(Location::parse("postgres://u@h:5/db"), Location::Postgres("postgres://u@h:5/db".into()));
+        assert_eq!(Location::parse("postgresql://h/db"), Location::Postgres("postgresql://h/db".into()));
+        assert_eq!(Location::parse("./data/vae.db"), Location::Sqlite("./data/vae.db".into()));
     }
 
     #[tokio::test]
-    async fn opens_in_wal_mode_and_records_starts() {
+    async fn both_backends_keep_settings_and_record_starts() {
         let dir = tempfile::tempdir().unwrap();
-        let db = Database::open(&dir.path().join("nested/vae.db")).unwrap();
-        db.ping().await.unwrap();
-        db.record_start("Cpu".into()).await.unwrap();
-        let (mode, starts): (String, i64) = db
-            .with(|c| {
-                let mode = c.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
-                let starts = c.query_row("SELECT count(*) FROM service_starts", [], |r| r.get(0))?;
-                Ok((mode, starts))
-            })
-            .await
-            .unwrap();
-        assert_eq!(mode, "wal");
-        assert_eq!(starts, 1);
+        let (_cluster, locations) = test_locations(dir.path());
+        for name in locations {
+            let db = Database::open(&name).await.unwrap();
+            db.ping().await.unwrap();
+            db.record_start("Cpu".into()).await.unwrap();
+            assert_eq!(db.setting(DEFAULT_MODEL_SETTING).await.unwrap(), None, "{name}");
+            db.set_setting(DEFAULT_MODEL_SETTING, "a".into()).await.unwrap();
+            db.set_setting(DEFAULT_MODEL_SETTING, "b".into()).await.unwrap();
+            assert_eq!(db.setting(DEFAULT_MODEL_SETTING).await.unwrap().as_deref(), Some("b"), "{name}: the last choice wins");
+        }
     }
 }
