@@ -50,7 +50,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /runtime/opt/torch /opt/torch
 COPY --from=build /usr/local/bin/vae-serve /usr/local/bin/vae-serve
 COPY --chown=vae:vae models /var/lib/vae-serve/models
-RUN mkdir -p /var/lib/vae-serve/data && chown vae:vae /var/lib/vae-serve/data
+# jobs/: running jobs' checkpoints, a volume of its own when replicas share them.
+RUN mkdir -p /var/lib/vae-serve/data /var/lib/vae-serve/jobs && chown vae:vae /var/lib/vae-serve/data /var/lib/vae-serve/jobs
 USER vae
 WORKDIR /var/lib/vae-serve
 ENV VAE_ADDR=0.0.0.0:8080 \

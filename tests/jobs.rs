@@ -166,7 +166,7 @@ fn invalid_requests_name_the_field_and_a_full_queue_answers_429() {
 fn a_job_killed_mid_training_resumes_from_its_last_checkpoint_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    let database = dir.path().join("state/vae.db");
+    let database = dir.path().join("state/vae.db").to_string_lossy().into_owned();
     let options = || ServerOptions { models_dir: Some(models.clone()), database: Some(database.clone()), ..Default::default() };
     let server = Server::start(options());
     let mut body = tiny_job("resumed", 12, 6000);
@@ -217,7 +217,7 @@ fn a_job_killed_mid_training_resumes_from_its_last_checkpoint_after_restart() {
 fn a_crash_while_publishing_leaves_no_partial_model_and_the_job_still_publishes_once() {
     let dir = tempfile::tempdir().unwrap();
     let models = dir.path().join("models");
-    let database = dir.path().join("state/vae.db");
+    let database = dir.path().join("state/vae.db").to_string_lossy().into_owned();
     let options = || ServerOptions { models_dir: Some(models.clone()), database: Some(database.clone()), ..Default::default() };
     let server = Server::start(options());
     // Two short epochs, then evaluation on the 10k test images and publishing: kill in that window.

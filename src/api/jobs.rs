@@ -26,7 +26,7 @@ impl From<JobError> for ApiError {
             JobError::QueueFull(_) => ApiError::TooManyRequests { detail: error.to_string(), retry_after_secs: 30 },
             JobError::NotFound(_) => ApiError::NotFound(error.to_string()),
             JobError::AlreadyFinished { .. } => ApiError::Conflict(error.to_string()),
-            JobError::Storage(e) => ApiError::Internal(e.to_string()),
+            JobError::Storage(e) => e.into(),
         }
     }
 }
@@ -269,7 +269,7 @@ pub async fn set_default(State(state): State<AppState>, Path(name): Path<String>
     let models = state.models.clone();
     let spec = name.clone();
     let serving = blocking(move || models.set_default(&spec)).await??;
-    state.storage.set_setting(crate::storage::DEFAULT_MODEL_SETTING, name.clone()).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    state.storage.set_setting(crate::storage::DEFAULT_MODEL_SETTING, name.clone()).await?;
     tracing::info!(default_model = %name, serving = %serving, "default model changed");
     Ok(Json(DefaultModel { default: name, serving }))
 }

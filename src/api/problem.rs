@@ -43,6 +43,16 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(error: crate::storage::StorageError) -> Self {
+        if error.is_unreachable() {
+            Self::Unavailable { detail: error.to_string(), retry_after_secs: 5 }
+        } else {
+            Self::Internal(error.to_string())
+        }
+    }
+}
+
 impl ApiError {
     fn status(&self) -> StatusCode {
         match self {

@@ -24,10 +24,20 @@ pub enum StorageError {
     /// `target` names the server and database, never the password.
     #[error("database {target}: {message}")]
     Postgres { target: String, message: String },
+    /// The server cannot be reached (down, restarting, network lost); worth retrying later.
+    #[error("database {target} is unreachable: {message}")]
+    Unreachable { target: String, message: String },
     #[error("database URL {url:?} is not valid: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("database task failed: {0}")]
     Task(String),
+}
+
+impl StorageError {
+    /// Whether the database is away for now rather than the request being at fault.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, Self::Unreachable { .. })
+    }
 }
 
 /// Settings key of the default model chosen over the API.

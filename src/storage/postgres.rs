@@ -187,15 +187,19 @@ impl Postgres {
     where
         F: Future<Output = Result<T, tokio_postgres::Error>>,
     {
-        let failed = |message: String| StorageError::Postgres { target: self.target.clone(), message };
+        let unreachable = |message: String| StorageError::Unreachable { target: self.target.clone(), message };
         let runtime = self.runtime.0.as_ref().expect("the runtime lives as long as the backend");
         runtime.block_on(async {
             let answer = tokio::time::timeout(CALL_TIMEOUT, async {
-                let client = self.pool.get().await.map_err(|e| failed(e.to_string()))?;
-                work(client).await.map_err(|e| failed(e.to_string()))
+                let client = self.pool.get().await.map_err(|e| unreachable(e.to_string()))?;
+                work(client).await.map_err(|e| match e.as_db_error() {
+                    // The server answered with an error: the query or the data is at fault.
+                    Some(_) => StorageError::Postgres { target: self.target.clone(), message: e.to_string() },
+                    None => unreachable(e.to_string()),
+                })
             })
             .await;
-            answer.unwrap_or_else(|_| Err(failed(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))))
+            answer.unwrap_or_else(|_| Err(unreachable(format!("no answer within {} s", CALL_TIMEOUT.as_secs()))))
         })
     }
 

@@ -22,8 +22,8 @@ pub struct Server {
 /// What a test server runs with.
 pub struct ServerOptions {
     pub models_dir: Option<PathBuf>,
-    /// The SQLite file (kept across restarts when given).
-    pub database: Option<PathBuf>,
+    /// A SQLite file or a PostgreSQL URL (kept across restarts when given).
+    pub database: Option<String>,
     pub default_model: String,
     pub env: Vec<(String, String)>,
 }
@@ -44,7 +44,7 @@ impl Server {
             .arg("--models-dir")
             .arg(&models_dir)
             .arg("--database")
-            .arg(options.database.clone().unwrap_or_else(|| dir.path().join("db/vae.db")))
+            .arg(options.database.clone().unwrap_or_else(|| dir.path().join("db/vae.db").to_string_lossy().into_owned()))
             .arg("--data-dir")
             .arg(shared_data())
             .args(["--default-model", &options.default_model])
