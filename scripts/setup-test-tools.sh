@@ -23,6 +23,7 @@ fi
 TOOLS=(
   "schemathesis==4.32.5 schemathesis==4.32.5"
   "tritonclient==2.73.0 tritonclient[http,grpc]==2.73.0"
+  "kubernetes-validate==1.37.0 kubernetes-validate==1.37.0"
 )
 
 for tool in "${TOOLS[@]}"; do
