@@ -1,7 +1,7 @@
 //! vae-serve: train variational autoencoders in a background job queue and serve them.
 //!
 //! Layers, bottom up: `data` → `models` → `training` → `jobs` and `inference` → `api` (HTTP), with
-//! `storage` (SQLite) beside them and `server` wiring them together.
+//! `storage` (SQLite or PostgreSQL) beside them and `server` wiring them together.
 
 pub mod api;
 pub mod config;

@@ -125,9 +125,13 @@ fn four_workers_on_two_replicas_run_each_of_twenty_jobs_exactly_once() {
         let done = wait_for_state(&replicas[0], id, &["succeeded", "failed"], Duration::from_secs(300));
         assert_eq!((done["state"].as_str(), done["attempts"].as_u64()), (Some("succeeded"), Some(1)), "{done}");
     }
+    // Whichever replica published a model, both serve it without a restart.
     for n in 0..20 {
         let versions: Value = client().get(replicas[1].url(&format!("/v1/models/job-{n}"))).send().unwrap().json().unwrap();
         assert_eq!(versions["versions"].as_array().unwrap().len(), 1, "job-{n} published once");
+        for replica in &replicas {
+            assert_eq!(client().get(replica.url(&format!("/v1/models/job-{n}/sample?n=1"))).send().unwrap().status(), 200);
+        }
     }
     let started: Vec<usize> = replicas.iter().map(|r| r.log.lock().unwrap().matches("training job started").count()).collect();
     assert_eq!(started.iter().sum::<usize>(), 20, "each job started once: {started:?}");
