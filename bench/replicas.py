@@ -4,8 +4,9 @@ queued job waits for an idle worker, and whether the database behind an api repl
 inference throughput. Real processes of the binary, real training jobs, each measurement on SQLite
 and on PostgreSQL (a throw-away cluster made here with initdb/pg_ctl, as the tests make theirs).
 
-    python3 bench/replicas.py [BINARY]     (default target/release/vae-serve; needs VAE_DATA_DIR,
-                                             Debian's postgresql and wrk)
+    python3 bench/replicas.py [BINARY [PART...]]   (default target/release/vae-serve and every part:
+                                                   takeover claims inference; needs VAE_DATA_DIR,
+                                                   Debian's postgresql and wrk)
 
 - takeover after SIGKILL: a replica trains a job; it is killed mid-epoch; a second replica on the
   same database claims the job once the lease expires. Measured from the kill to the job running
@@ -30,9 +31,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/vae-serve"
+PARTS = sys.argv[2:] or ["takeover", "claims", "inference"]
 DATA = os.environ.get("VAE_DATA_DIR", "../shared/data")
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -185,6 +188,13 @@ def claim_latency(backend, jobs=20):
     return latencies
 
 
+def ready(replica):
+    try:
+        return call("GET", f"{replica.base}/readyz")["status"] == "ready"
+    except urllib.error.HTTPError:
+        return False
+
+
 def inference(passes=3, seconds=10):
     """Median requests/s and p99 of an api replica per backend and concurrency."""
     root = tempfile.mkdtemp(prefix="vae-replicas-")
@@ -195,7 +205,7 @@ def inference(passes=3, seconds=10):
     for _ in range(passes):
         for backend in ("sqlite", "postgres"):
             replica = Replica(root, f"api-{backend}", database_in(root, backend), {"VAE_ROLE": "api"}, "mnist-ssvae", threads=2)
-            wait("readiness", lambda: call("GET", f"{replica.base}/readyz")["status"] == "ready")
+            wait("readiness", lambda: ready(replica))
             for c in (1, 64):
                 run = lambda secs: subprocess.run(
                     ["wrk", "-t", "1" if c == 1 else "2", "-c", str(c), "-d", f"{secs}s", "-s", os.path.join(HERE, "wrk_post.lua"),
@@ -210,27 +220,43 @@ def inference(passes=3, seconds=10):
     return {key: (statistics.median(r["rps"] for r in runs), statistics.median(r["p99_ms"] for r in runs)) for key, runs in cells.items()}
 
 
+def takeovers():
+    print("| database | how the replica ended | lease / heartbeat | until the process was gone | until the job ran again | until its next epoch was recorded |")
+    print("|---|---|---|---|---|---|")
+    for backend in ("sqlite", "postgres"):
+        for lease, heartbeat, sig, name in [(30, 10, signal.SIGKILL, "SIGKILL"), (5, 1, signal.SIGKILL, "SIGKILL"),
+                                            (30, 10, signal.SIGTERM, "SIGTERM")]:
+            stopped, claimed, epoch = takeover(backend, lease, heartbeat, sig)
+            print(f"| {backend} | {name} | {lease} s / {heartbeat} s | {stopped:.2f} s | {claimed:.2f} s | {epoch:.2f} s |", flush=True)
+    print()
+
+
+def claims():
+    for backend in ("sqlite", "postgres"):
+        latencies = claim_latency(backend)
+        print(f"claim latency on {backend}, 4 idle workers on 2 replicas, {len(latencies)} jobs: "
+              f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms", flush=True)
+    print()
+
+
+def inference_table():
+    print("| api replica's database | POST /classify c=1: req/s, p99 | c=64: req/s, p99 |\n|---|---|---|")
+    cells = inference()
+    for backend in ("sqlite", "postgres"):
+        (r1, p1), (r64, p64) = cells[(backend, 1)], cells[(backend, 64)]
+        print(f"| {backend} | {r1:.0f}, {p1:.2f} ms | {r64:.0f}, {p64:.2f} ms |")
+
+
 def main():
     global POSTGRES
     POSTGRES = Postgres()
     try:
-        print("| database | how the replica ended | lease / heartbeat | until the process was gone | until the job ran again | until its next epoch was recorded |")
-        print("|---|---|---|---|---|---|")
-        for backend in ("sqlite", "postgres"):
-            for lease, heartbeat, sig, name in [(30, 10, signal.SIGKILL, "SIGKILL"), (5, 1, signal.SIGKILL, "SIGKILL"),
-                                                (30, 10, signal.SIGTERM, "SIGTERM")]:
-                stopped, claimed, epoch = takeover(backend, lease, heartbeat, sig)
-                print(f"| {backend} | {name} | {lease} s / {heartbeat} s | {stopped:.2f} s | {claimed:.2f} s | {epoch:.2f} s |", flush=True)
-        print()
-        for backend in ("sqlite", "postgres"):
-            latencies = claim_latency(backend)
-            print(f"claim latency on {backend}, 4 idle workers on 2 replicas, {len(latencies)} jobs: "
-                  f"median {statistics.median(latencies):.1f} ms, max {max(latencies):.1f} ms", flush=True)
-        print("\n| api replica's database | POST /classify c=1: req/s, p99 | c=64: req/s, p99 |\n|---|---|---|")
-        cells = inference()
-        for backend in ("sqlite", "postgres"):
-            (r1, p1), (r64, p64) = cells[(backend, 1)], cells[(backend, 64)]
-            print(f"| {backend} | {r1:.0f}, {p1:.2f} ms | {r64:.0f}, {p64:.2f} ms |")
+        if "takeover" in PARTS:
+            takeovers()
+        if "claims" in PARTS:
+            claims()
+        if "inference" in PARTS:
+            inference_table()
     finally:
         POSTGRES.close()
 

@@ -255,3 +255,36 @@ fn a_crash_while_publishing_leaves_no_partial_model_and_the_job_still_publishes_
     assert!(!versions.is_empty() && versions.len() <= 2, "{listed}");
     assert_eq!(done["model_version"], versions.last().unwrap()["version"]);
 }
+
+#[test]
+fn a_request_without_options_trains_exactly_what_the_command_line_without_flags_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    common::train_tiny(&models, "tiny", "mlp");
+    let server = Server::start(ServerOptions { models_dir: Some(models.clone()), ..Default::default() });
+    // Only the data are narrowed (to keep the test short); the options are nobody's but the recipe's.
+    let posted = json!({"name": "by-request", "dataset": "mnist", "data": {"max_train": 200}});
+    let id = submit(&server, &posted).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
+    let cli = std::process::Command::new(common::BINARY)
+        .args(["train", "--device", "cpu", "--dataset", "mnist", "--name", "by-flags", "--max-train", "200"])
+        .arg("--models-dir")
+        .arg(&models)
+        .arg("--data-dir")
+        .arg(common::shared_data())
+        .output()
+        .unwrap();
+    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    let done = wait_for_state(&server, id, &["succeeded", "failed"], Duration::from_secs(300));
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let manifest = |name: &str| -> Value {
+        client().get(server.url(&format!("/v1/models/{name}/versions/1"))).send().unwrap().json().unwrap()
+    };
+    let (by_request, by_flags) = (manifest("by-request"), manifest("by-flags"));
+    assert_eq!(by_request["training"], by_flags["training"], "the same resolved options");
+    let recipe: Value = client().get(server.url("/v1/train/defaults")).send().unwrap().json().unwrap();
+    assert_eq!(by_request["training"], recipe, "and they are the recipe the API shows");
+    assert_eq!(recipe["model"]["hidden"], json!([1024, 512]));
+    let conv: Value = client().get(server.url("/v1/train/defaults?architecture=conv")).send().unwrap().json().unwrap();
+    assert_eq!((conv["optimizer"]["kind"].as_str(), conv["optimizer"]["learning_rate"].as_f64()), (Some("rmsprop"), Some(2.5e-4)));
+    assert_eq!(client().get(server.url("/v1/train/defaults?architecture=gan")).send().unwrap().status(), 400);
+}

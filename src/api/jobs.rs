@@ -152,6 +152,25 @@ pub async fn events(
     Ok(Sse::new(snapshot.chain(updates)).keep_alive(KeepAlive::default()))
 }
 
+/// Which recipe `GET /v1/train/defaults` shows.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DefaultsQuery {
+    /// `mlp` (when left out), `conv` or `semi-supervised`.
+    #[param(value_type = Option<String>, example = "conv")]
+    pub architecture: Option<crate::models::Architecture>,
+}
+
+/// The training options a request that names only `architecture` trains with: the
+/// architecture's best measured recipe, the defaults of `POST /train`, config files,
+/// `vae-serve train` and the console alike. A request's own fields replace these one by one.
+#[utoipa::path(get, path = "/v1/train/defaults", tag = "training", params(DefaultsQuery), responses(
+    (status = 200, description = "the resolved options object", body = Object),
+))]
+pub async fn train_defaults(Query(query): Query<DefaultsQuery>) -> Json<crate::training::TrainOptions> {
+    Json(crate::training::TrainOptions::recommended(query.architecture.unwrap_or(crate::models::Architecture::Mlp)))
+}
+
 /// Datasets a training request can name: the folders of the data directory and of
 /// /usr/share/datasets that hold IDX files or one image folder per class.
 #[utoipa::path(get, path = "/v1/datasets", tag = "training", responses((status = 200, body = Vec<crate::data::CatalogEntry>)))]

@@ -74,7 +74,7 @@ impl AppState {
         health::healthz, health::readyz, health::metrics,
         inference::sample, inference::interpolate_labels, inference::interpolate_images,
         inference::reconstruct, inference::classify, inference::encode,
-        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::datasets,
+        jobs::submit, jobs::list, jobs::get, jobs::cancel, jobs::events, jobs::datasets, jobs::train_defaults,
         jobs::list_models, jobs::get_model, jobs::get_version, jobs::set_default, jobs::delete_version,
         v2::server_metadata, v2::live, v2::ready, v2::model_metadata, v2::version_metadata, v2::model_ready, v2::version_ready,
         v2::infer, v2::version_infer, v2::repository_index, v2::load, v2::unload,
@@ -200,6 +200,7 @@ fn service_routes() -> Router<AppState> {
         .route("/v1/jobs", get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{id}/events", get(jobs::events))
+        .route("/v1/train/defaults", get(jobs::train_defaults))
         .route("/v1/datasets", get(jobs::datasets))
         .route("/v1/models", get(jobs::list_models))
         .route("/v1/models/{name}", get(jobs::get_model))

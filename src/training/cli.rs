@@ -45,63 +45,67 @@ pub struct TrainArgs {
     /// Keep a checkpoint here after every epoch and resume from it if present.
     #[arg(long)]
     pub checkpoint_dir: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Architecture::Mlp)]
-    pub architecture: Architecture,
-    #[arg(long, default_value_t = 20)]
-    pub epochs: usize,
-    #[arg(long, default_value_t = 100)]
-    pub batch_size: usize,
-    #[arg(long, value_enum, default_value_t = OptimizerKind::Adam)]
-    pub optimizer: OptimizerKind,
-    #[arg(long, default_value_t = 1e-3)]
-    pub learning_rate: f64,
+    // The model and optimisation flags change the architecture's recipe (`TrainOptions::recommended`,
+    // served by `GET /v1/train/defaults`); left out, the recipe's value stands, as it does for
+    // `POST /train`, config files and the console.
+    /// Default: mlp.
+    #[arg(long, value_enum)]
+    pub architecture: Option<Architecture>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long, value_enum)]
+    pub optimizer: Option<OptimizerKind>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
     /// Nesterov momentum μ (SGD and RMSprop).
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
+    #[arg(long)]
+    pub momentum: Option<f64>,
     #[arg(long)]
     pub grad_clip: Option<f64>,
     /// Polyak-average the weights with this decay (e.g. 0.999); the model keeps the average.
     #[arg(long)]
     pub ema_decay: Option<f64>,
-    #[arg(long, value_enum, default_value_t = ScheduleArg::Cosine)]
-    pub schedule: ScheduleArg,
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleArg>,
     /// Step schedule: epochs between decays (gamma 0.5).
     #[arg(long, default_value_t = 10)]
     pub step_epochs: usize,
-    #[arg(long, default_value_t = 0.0)]
-    pub kl_warmup_epochs: f64,
-    #[arg(long, default_value_t = 32)]
-    pub latent_dim: i64,
-    #[arg(long, value_delimiter = ',', default_value = "512,256")]
-    pub hidden: Vec<i64>,
-    #[arg(long, value_delimiter = ',', default_value = "16,16")]
-    pub conv_channels: Vec<i64>,
-    #[arg(long, value_enum, default_value_t = LikelihoodArg::Bernoulli)]
-    pub likelihood: LikelihoodArg,
+    #[arg(long)]
+    pub kl_warmup_epochs: Option<f64>,
+    #[arg(long)]
+    pub latent_dim: Option<i64>,
+    #[arg(long, value_delimiter = ',')]
+    pub hidden: Option<Vec<i64>>,
+    #[arg(long, value_delimiter = ',')]
+    pub conv_channels: Option<Vec<i64>>,
+    #[arg(long, value_enum)]
+    pub likelihood: Option<LikelihoodArg>,
     /// Gaussian likelihood: the fixed (or initial, with --learn-variance) log-variance.
     #[arg(long, default_value_t = -4.0, allow_hyphen_values = true)]
     pub gaussian_log_var: f64,
     #[arg(long)]
     pub learn_variance: bool,
     /// Semi-supervised: labelled examples in total (balanced over classes).
-    #[arg(long, default_value_t = 100)]
-    pub labeled: usize,
-    #[arg(long, default_value_t = 100)]
-    pub labeled_batch_size: usize,
-    #[arg(long, value_enum, default_value_t = UnlabeledObjective::Marginalize)]
-    pub unlabeled_objective: UnlabeledObjective,
+    #[arg(long)]
+    pub labeled: Option<usize>,
+    #[arg(long)]
+    pub labeled_batch_size: Option<usize>,
+    #[arg(long, value_enum)]
+    pub unlabeled_objective: Option<UnlabeledObjective>,
     /// Semi-supervised: weight α of the labelled cross-entropy.
-    #[arg(long, default_value_t = 10.0)]
-    pub classifier_weight: f64,
+    #[arg(long)]
+    pub classifier_weight: Option<f64>,
     /// Semi-supervised: random whole-pixel shifts, up to this many pixels per axis, of what the
     /// classifier sees while training (0: off).
-    #[arg(long, default_value_t = 0)]
-    pub augment_shift: i64,
+    #[arg(long)]
+    pub augment_shift: Option<i64>,
     /// Skip the fixed-point recomputation of BN statistics after training.
     #[arg(long)]
     pub no_bn_recompute: bool,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[arg(long)]
+    pub seed: Option<u64>,
     #[arg(long, default_value_t = 0.1)]
     pub validation_fraction: f64,
     /// Use at most this many training images.
@@ -119,47 +123,65 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// The options the flags give, as the `options` object of `POST /train` would: only what was set.
+    fn given(&self) -> serde_json::Value {
+        use serde_json::{json, Map, Value};
+        fn json_of<T: serde::Serialize>(value: &T) -> Value {
+            serde_json::to_value(value).expect("flags serialise")
+        }
+        let mut options = Map::new();
+        let mut model = Map::new();
+        let mut optimizer = Map::new();
+        let set = |group: &mut Map<String, Value>, key: &str, value: Option<Value>| {
+            if let Some(value) = value {
+                group.insert(key.to_string(), value);
+            }
+        };
+        set(&mut model, "architecture", self.architecture.as_ref().map(json_of));
+        set(&mut model, "latent_dim", self.latent_dim.as_ref().map(json_of));
+        set(&mut model, "hidden", self.hidden.as_ref().map(json_of));
+        set(&mut model, "conv_channels", self.conv_channels.as_ref().map(json_of));
+        set(&mut model, "unlabeled_objective", self.unlabeled_objective.as_ref().map(json_of));
+        set(&mut model, "classifier_weight", self.classifier_weight.as_ref().map(json_of));
+        let likelihood = self.likelihood.map(|kind| match kind {
+            LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
+            LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
+        });
+        set(&mut model, "likelihood", likelihood.as_ref().map(json_of));
+        set(&mut optimizer, "kind", self.optimizer.as_ref().map(json_of));
+        set(&mut optimizer, "learning_rate", self.learning_rate.as_ref().map(json_of));
+        set(&mut optimizer, "momentum", self.momentum.as_ref().map(json_of));
+        set(&mut optimizer, "grad_clip", self.grad_clip.as_ref().map(json_of));
+        set(&mut optimizer, "ema_decay", self.ema_decay.as_ref().map(json_of));
+        let schedule = self.schedule.map(|kind| match kind {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Step => Schedule::Step { every_epochs: self.step_epochs, gamma: 0.5 },
+            ScheduleArg::Cosine => Schedule::Cosine { min_factor: 0.01 },
+        });
+        set(&mut options, "schedule", schedule.as_ref().map(json_of));
+        set(&mut options, "epochs", self.epochs.as_ref().map(json_of));
+        set(&mut options, "batch_size", self.batch_size.as_ref().map(json_of));
+        set(&mut options, "kl_warmup_epochs", self.kl_warmup_epochs.as_ref().map(json_of));
+        set(&mut options, "labeled", self.labeled.as_ref().map(json_of));
+        set(&mut options, "labeled_batch_size", self.labeled_batch_size.as_ref().map(json_of));
+        set(&mut options, "augment_shift", self.augment_shift.as_ref().map(json_of));
+        set(&mut options, "bn_recompute", self.no_bn_recompute.then_some(json!(false)));
+        set(&mut options, "seed", self.seed.as_ref().map(json_of));
+        for (key, group) in [("model", model), ("optimizer", optimizer)] {
+            if !group.is_empty() {
+                options.insert(key.to_string(), Value::Object(group));
+            }
+        }
+        Value::Object(options)
+    }
+
     fn options(&self) -> anyhow::Result<TrainOptions> {
         if let Some(path) = &self.config {
             return read_options(path);
         }
-        let defaults = TrainOptions::default();
-        Ok(TrainOptions {
-            model: models::ModelConfig {
-                architecture: self.architecture,
-                latent_dim: self.latent_dim,
-                hidden: self.hidden.clone(),
-                conv_channels: self.conv_channels.clone(),
-                likelihood: match self.likelihood {
-                    LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
-                    LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
-                },
-                unlabeled_objective: self.unlabeled_objective,
-                classifier_weight: self.classifier_weight,
-                ..defaults.model
-            },
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            optimizer: super::optim::OptimizerConfig {
-                kind: self.optimizer,
-                learning_rate: self.learning_rate,
-                momentum: self.momentum,
-                grad_clip: self.grad_clip,
-                ema_decay: self.ema_decay,
-                ..Default::default()
-            },
-            schedule: match self.schedule {
-                ScheduleArg::Constant => Schedule::Constant,
-                ScheduleArg::Step => Schedule::Step { every_epochs: self.step_epochs, gamma: 0.5 },
-                ScheduleArg::Cosine => Schedule::Cosine { min_factor: 0.01 },
-            },
-            kl_warmup_epochs: self.kl_warmup_epochs,
-            labeled: self.labeled,
-            labeled_batch_size: self.labeled_batch_size,
-            augment_shift: self.augment_shift,
-            bn_recompute: !self.no_bn_recompute,
-            seed: self.seed,
-        })
+        let options = TrainOptions::resolve(self.given()).map_err(anyhow::Error::msg)?;
+        options.validate()?;
+        Ok(options)
     }
 }
 
@@ -344,5 +366,42 @@ min_factor = 0.01
         assert!(error.contains("train.toml") && error.contains("learning_rate"), "{error}");
         std::fs::write(&toml_path, "epochs = 0\n").unwrap();
         assert!(read_options(&toml_path).unwrap_err().to_string().contains("epochs"));
+    }
+
+    /// `vae-serve train` with `flags` (besides the required name and dataset).
+    fn train_args(flags: &[&str]) -> TrainArgs {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            train: TrainArgs,
+        }
+        let fixed = ["vae-serve", "--name", "n", "--dataset", "mnist"];
+        <Command as clap::Parser>::parse_from(fixed.iter().chain(flags)).train
+    }
+
+    #[test]
+    fn the_command_line_without_flags_trains_what_a_request_without_options_trains() {
+        assert_eq!(train_args(&[]).options().unwrap(), serde_json::from_value::<TrainOptions>(serde_json::json!({})).unwrap());
+        for (flag, name) in [("mlp", "mlp"), ("conv", "conv"), ("semi-supervised", "semi-supervised")] {
+            let request: TrainOptions = serde_json::from_value(serde_json::json!({"model": {"architecture": name}})).unwrap();
+            assert_eq!(train_args(&["--architecture", flag]).options().unwrap(), request, "{flag}");
+        }
+    }
+
+    #[test]
+    fn flags_change_only_what_they_name() {
+        let options =
+            train_args(&["--architecture", "conv", "--epochs", "3", "--learning-rate", "1e-3", "--schedule", "step"]).options().unwrap();
+        let recipe = TrainOptions::recommended(Architecture::Conv);
+        assert_eq!((options.epochs, options.optimizer.learning_rate), (3, 1e-3));
+        assert_eq!(options.optimizer.kind, recipe.optimizer.kind, "the recipe's optimizer stays");
+        assert_eq!(options.schedule, Schedule::Step { every_epochs: 10, gamma: 0.5 });
+        assert_eq!(
+            TrainOptions { epochs: recipe.epochs, optimizer: recipe.optimizer.clone(), schedule: recipe.schedule, ..options },
+            recipe
+        );
+        let gaussian = train_args(&["--likelihood", "gaussian", "--gaussian-log-var", "-2", "--no-bn-recompute"]).options().unwrap();
+        assert_eq!(gaussian.model.likelihood, Likelihood::Gaussian { log_var: -2.0, learned: false });
+        assert!(!gaussian.bn_recompute);
     }
 }

@@ -396,15 +396,30 @@ async function loadDatasets() {
   $("datasets").replaceChildren(...datasets.map((d) => el("option", { value: d.name, text: `${d.name} (${d.format})` })));
 }
 
+const OPTIMIZER_NAMES = { adam: "Adam", rmsprop: "RMSprop + Nesterov", sgd: "SGD + Nesterov" };
+
+// The chosen architecture's recipe as placeholders: what an empty field trains with.
+async function showRecipe() {
+  const architecture = $("train-architecture").value;
+  $("train-labeled").disabled = architecture !== "semi-supervised";
+  const recipe = await getJson(`/v1/train/defaults?architecture=${encodeURIComponent(architecture)}`);
+  $("train-labeled").placeholder = String(recipe.labeled);
+  $("train-epochs").placeholder = String(recipe.epochs);
+  $("train-lr").placeholder = String(recipe.optimizer.learning_rate);
+  $("train-optimizer-recipe").textContent = `recipe (${OPTIMIZER_NAMES[recipe.optimizer.kind] ?? recipe.optimizer.kind})`;
+}
+
 async function submitTraining(event) {
   event.preventDefault();
   const architecture = $("train-architecture").value;
-  const options = {
-    epochs: Number($("train-epochs").value),
-    model: { architecture },
-    optimizer: { kind: $("train-optimizer").value, learning_rate: Number($("train-lr").value) },
-  };
-  if (architecture === "semi-supervised") options.labeled = Number($("train-labeled").value);
+  // Only what the user set: the server fills in the rest from the same recipe as everywhere else.
+  const options = { model: { architecture } };
+  const optimizer = {};
+  if ($("train-optimizer").value) optimizer.kind = $("train-optimizer").value;
+  if ($("train-lr").value) optimizer.learning_rate = Number($("train-lr").value);
+  if (Object.keys(optimizer).length) options.optimizer = optimizer;
+  if ($("train-epochs").value) options.epochs = Number($("train-epochs").value);
+  if (architecture === "semi-supervised" && $("train-labeled").value) options.labeled = Number($("train-labeled").value);
   const data = {};
   if ($("train-max").value) data.max_train = Number($("train-max").value);
   const request = { name: $("train-name").value.trim(), dataset: $("train-dataset").value.trim(), options, data };
@@ -576,7 +591,7 @@ function setUpKey() {
 }
 
 async function start() {
-  await Promise.all([loadModels(), loadDatasets(), refreshJobs()]);
+  await Promise.all([loadModels(), loadDatasets(), refreshJobs(), showRecipe()]);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -594,7 +609,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("temperature").addEventListener("change", guarded(sample));
   $("interpolate-labels").addEventListener("submit", guarded(interpolateLabels));
   $("interpolate-images").addEventListener("submit", guarded(interpolateImages));
-  $("train-architecture").addEventListener("change", () => { $("train-labeled").disabled = $("train-architecture").value !== "semi-supervised"; });
+  $("train-architecture").addEventListener("change", guarded(showRecipe));
   $("train-form").addEventListener("submit", guarded(submitTraining));
   guarded(start)();
 });
