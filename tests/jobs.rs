@@ -276,9 +276,8 @@ fn a_request_without_options_trains_exactly_what_the_command_line_without_flags_
     assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
     let done = wait_for_state(&server, id, &["succeeded", "failed"], Duration::from_secs(300));
     assert_eq!(done["state"], "succeeded", "{done}");
-    let manifest = |name: &str| -> Value {
-        client().get(server.url(&format!("/v1/models/{name}/versions/1"))).send().unwrap().json().unwrap()
-    };
+    let manifest =
+        |name: &str| -> Value { client().get(server.url(&format!("/v1/models/{name}/versions/1"))).send().unwrap().json().unwrap() };
     let (by_request, by_flags) = (manifest("by-request"), manifest("by-flags"));
     assert_eq!(by_request["training"], by_flags["training"], "the same resolved options");
     let recipe: Value = client().get(server.url("/v1/train/defaults")).send().unwrap().json().unwrap();
