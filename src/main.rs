@@ -19,11 +19,13 @@ fn main() -> anyhow::Result<()> {
             // pool grow with the connections under load, each thread keeping a stack and allocator
             // caches, for no throughput beyond a few threads per core.
             let blocking_threads = 4 * vae_serve::runtime::available_cores();
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .max_blocking_threads(blocking_threads)
-                .build()?
-                .block_on(server::serve(cli.global, args))
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(blocking_threads).build()?;
+            runtime.block_on(server::serve(cli.global, args))?;
+            // A training thread may still be inside a batch of a job just handed over. A normal
+            // exit would run libtorch's static destructors underneath it, which can crash the
+            // process after a clean shutdown; nothing is left to flush (logs go to stderr unbuffered).
+            // SAFETY: _exit ends the process at once; no Rust state is observed afterwards.
+            unsafe { libc::_exit(0) }
         }
         Command::Train(args) => {
             let runtime = init_torch(&cli.global)?;

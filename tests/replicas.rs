@@ -173,7 +173,9 @@ fn a_replica_stopped_gracefully_hands_its_job_over_without_waiting_for_the_lease
     wait_until("an epoch on the first replica", Duration::from_secs(120), || {
         job(&first, id)["history"].as_array().is_some_and(|h| !h.is_empty())
     });
-    assert!(first.terminate().success());
+    let log = first.log.clone();
+    let status = first.terminate();
+    assert!(status.success(), "{status:?}; log:\n{}", log.lock().unwrap());
 
     let second = replica(dir.path(), &sqlite_in(dir.path()), &long_lease);
     let deadline = Instant::now() + Duration::from_secs(20);
