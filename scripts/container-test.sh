@@ -95,20 +95,25 @@ for _ in $(seq 120); do
   sleep 1
 done
 fail() { log "FAILED: $*"; podman logs "$container" 2>&1 | tail -30 >&2; exit 1; }
+# Answers and logs are read whole before they are searched: under pipefail, `producer | grep -q`
+# fails whenever grep stops reading at its first match while the producer is still writing (SIGPIPE).
+# That is how "gRPC listening", present in the log, once read as absent.
+contains() { grep -qF -- "$2" <<<"$1"; }
+get() { curl -fsS "$base$1" || true; }
 
 uid=$(podman exec "$container" id -u)
 [ "$uid" != 0 ] || fail "the container runs as root"
 log "runs as uid $uid ($(podman exec "$container" id -un))"
-curl -fsS "$base/healthz" | grep -q '"ok"' || fail "/healthz"
-curl -fsS "$base/readyz" | grep -q '"default_model":true' || fail "/readyz: the shipped model is not served"
+contains "$(get /healthz)" '"ok"' || fail "/healthz"
+contains "$(get /readyz)" '"default_model":true' || fail "/readyz: the shipped model is not served"
 log "/healthz and /readyz answer 200, the shipped model is served"
 python3 bench/digit_png.py "$DATA_DIR/mnist" "$work/digit.png"
 answer=$(curl -fsS -H 'content-type: image/png' --data-binary @"$work/digit.png" "$base/classify")
-echo "$answer" | grep -q '"label":7' || fail "the first MNIST test digit (a 7) was classified as: $answer"
+contains "$answer" '"label":7' || fail "the first MNIST test digit (a 7) was classified as: $answer"
 log "POST /classify of the first test digit: 7"
-curl -fsS "$base/v2/health/ready" | grep -q '"ready":true' || fail "/v2/health/ready"
-curl -fsS "$base/v2/models/mnist-ssvae" | grep -q '"name":"probabilities"' || fail "/v2/models/mnist-ssvae metadata"
-podman logs "$container" 2>&1 | grep -q "gRPC listening" || fail "the gRPC service did not start"
+contains "$(get /v2/health/ready)" '"ready":true' || fail "/v2/health/ready"
+contains "$(get /v2/models/mnist-ssvae)" '"name":"probabilities"' || fail "/v2/models/mnist-ssvae metadata"
+contains "$(podman logs "$container" 2>&1)" "gRPC listening" || fail "the gRPC service did not start"
 log "Open Inference Protocol: /v2/health/ready, model metadata, gRPC listening"
 # The Dockerfile's HEALTHCHECK command, run inside the container as the engine would.
 podman healthcheck run "$container" >/dev/null || fail "the HEALTHCHECK command failed"
