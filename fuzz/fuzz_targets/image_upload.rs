@@ -12,8 +12,8 @@ const MAX_SIDE: u32 = 512;
 fuzz_target!(|data: &[u8]| {
     let shape =
         if data.first().is_some_and(|b| b & 1 == 1) { ImageShape { channels: 3, height: 32, width: 32 } } else { ImageShape::MNIST };
-    if let Ok(header) = input::read_header(0, data, MAX_SIDE) {
-        if let Ok((pixels, _)) = input::decode(0, data, header, &shape) {
+    if let Ok(upload) = input::open(0, data, MAX_SIDE) {
+        if let Ok((pixels, _)) = upload.decode(&shape) {
             assert_eq!(pixels.len() as i64, shape.channels * shape.height * shape.width);
             assert!(pixels.iter().all(|p| (0.0..=1.0).contains(p)));
         }

@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -32,33 +32,49 @@ pub const MAX_IMAGE_SIDE: u32 = 4096;
 /// async runtime.
 const INLINE_IMAGE_PIXELS: u64 = 64 * 64;
 
+fn runs_inline(pixels: u64) -> bool {
+    pixels <= INLINE_IMAGE_PIXELS
+}
+
 /// Runs image `work` on `pixels` pixel positions inline or on the blocking pool, by its size.
 pub async fn image_work<T: Send + 'static>(pixels: u64, work: impl FnOnce() -> T + Send + 'static) -> Result<T, InputError> {
-    if pixels <= INLINE_IMAGE_PIXELS {
+    if runs_inline(pixels) {
         Ok(work())
     } else {
         tokio::task::spawn_blocking(work).await.map_err(|e| InputError::Aborted(e.to_string()))
     }
 }
 
-/// Checks every upload's header, then decodes and converts them all to `shape`.
-pub async fn decode_all<B>(uploads: Vec<B>, shape: &ImageShape) -> Result<(Vec<Vec<f32>>, Vec<Conversion>), InputError>
+type Decoded = (Vec<Vec<f32>>, Vec<Conversion>);
+
+/// Checks every upload's header, then decodes and converts them all to `shape`, inline when they
+/// are small in all, else on the blocking pool.
+pub async fn decode_all<B>(uploads: Vec<B>, shape: &ImageShape) -> Result<Decoded, InputError>
 where
     B: AsRef<[u8]> + Send + 'static,
 {
-    let headers =
-        uploads.iter().enumerate().map(|(i, bytes)| read_header(i, bytes.as_ref(), MAX_IMAGE_SIDE)).collect::<Result<Vec<_>, _>>()?;
-    let pixels = headers.iter().map(Header::pixels).sum();
+    if let Some(decoded) = decode_if_small(&uploads, shape)? {
+        return Ok(decoded);
+    }
+    // Decoders cannot cross threads, so each upload is opened again on the pool: beside decoding
+    // a large image, a second header read is nothing.
     let shape = shape.clone();
     let decode = move || {
-        uploads
-            .iter()
-            .zip(headers)
-            .enumerate()
-            .map(|(i, (bytes, header))| decode(i, bytes.as_ref(), header, &shape))
-            .collect::<Result<Vec<_>, _>>()
+        uploads.iter().enumerate().map(|(i, bytes)| open(i, bytes.as_ref(), MAX_IMAGE_SIDE)?.decode(&shape)).collect::<Result<Vec<_>, _>>()
     };
-    Ok(image_work(pixels, decode).await??.into_iter().unzip())
+    Ok(tokio::task::spawn_blocking(decode).await.map_err(|e| InputError::Aborted(e.to_string()))??.into_iter().unzip())
+}
+
+/// Checks every upload's header and, when they are small in all (the usual case), decodes them
+/// here with the decoders that read the headers: opening a decoder is a good part of the cost of a
+/// small PNG, whose inflater builds its tables per decoder. `None`: too large to decode inline.
+fn decode_if_small<B: AsRef<[u8]>>(uploads: &[B], shape: &ImageShape) -> Result<Option<Decoded>, InputError> {
+    let opened = uploads.iter().enumerate().map(|(i, bytes)| open(i, bytes.as_ref(), MAX_IMAGE_SIDE)).collect::<Result<Vec<_>, _>>()?;
+    if !runs_inline(opened.iter().map(|upload| upload.header.pixels()).sum()) {
+        return Ok(None);
+    }
+    let decoded = opened.into_iter().map(|upload| upload.decode(shape)).collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(decoded.into_iter().unzip()))
 }
 
 /// What was done to an upload to fit the model, reported back to the caller.
@@ -76,21 +92,28 @@ pub struct Conversion {
 
 /// An upload's format and size, read from its header alone.
 #[derive(Debug, Clone, Copy)]
-pub struct Header {
+struct Header {
     format: ImageFormat,
     width: u32,
     height: u32,
 }
 
 impl Header {
-    pub fn pixels(&self) -> u64 {
+    fn pixels(&self) -> u64 {
         u64::from(self.width) * u64::from(self.height)
     }
 }
 
+/// Upload `index`, its header read and checked, with the decoder that read it.
+pub struct Opened<D> {
+    index: usize,
+    header: Header,
+    decoder: D,
+}
+
 /// Reads upload `index`'s header and refuses it if it is not a supported image or is larger than
 /// `max_side`, so that no pixel of an oversized image is ever decoded.
-pub fn read_header(index: usize, bytes: &[u8], max_side: u32) -> Result<Header, InputError> {
+pub fn open(index: usize, bytes: &[u8], max_side: u32) -> Result<Opened<impl ImageDecoder + '_>, InputError> {
     if bytes.is_empty() {
         return Err(InputError::Empty { index });
     }
@@ -98,30 +121,31 @@ pub fn read_header(index: usize, bytes: &[u8], max_side: u32) -> Result<Header, 
     if !matches!(format, ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::Gif | ImageFormat::Bmp | ImageFormat::WebP) {
         return Err(InputError::UnsupportedFormat { index });
     }
-    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
-        .into_dimensions()
+    let decoder = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_decoder()
         .map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+    let (width, height) = decoder.dimensions();
     if width > max_side || height > max_side {
         return Err(InputError::TooLarge { index, width, height, limit: max_side });
     }
-    Ok(Header { format, width, height })
+    Ok(Opened { index, header: Header { format, width, height }, decoder })
 }
 
-/// Decodes upload `index`, whose `header` was read and checked, and converts it to `shape`:
-/// pixels C×H×W in [0, 1].
-pub fn decode(index: usize, bytes: &[u8], header: Header, shape: &ImageShape) -> Result<(Vec<f32>, Conversion), InputError> {
-    let Header { format, width, height } = header;
-    let image =
-        ImageReader::with_format(Cursor::new(bytes), format).decode().map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
-    let grey = !image.color().has_color();
-    let conversion = Conversion {
-        format: format.extensions_str().first().copied().unwrap_or("image").to_string(),
-        original_width: width,
-        original_height: height,
-        resized: (width as i64, height as i64) != (shape.width, shape.height),
-        colour_converted: grey != (shape.channels == 1),
-    };
-    Ok((to_model_pixels(&image, shape), conversion))
+impl<D: ImageDecoder> Opened<D> {
+    /// Decodes the upload and converts it to `shape`: pixels C×H×W in [0, 1].
+    pub fn decode(self, shape: &ImageShape) -> Result<(Vec<f32>, Conversion), InputError> {
+        let Opened { index, header: Header { format, width, height }, decoder } = self;
+        let image = DynamicImage::from_decoder(decoder).map_err(|e| InputError::Corrupt { index, why: e.to_string() })?;
+        let grey = !image.color().has_color();
+        let conversion = Conversion {
+            format: format.extensions_str().first().copied().unwrap_or("image").to_string(),
+            original_width: width,
+            original_height: height,
+            resized: (width as i64, height as i64) != (shape.width, shape.height),
+            colour_converted: grey != (shape.channels == 1),
+        };
+        Ok((to_model_pixels(&image, shape), conversion))
+    }
 }
 
 #[cfg(test)]
@@ -132,7 +156,7 @@ mod tests {
     const MNIST: ImageShape = ImageShape::MNIST;
 
     fn read(index: usize, bytes: &[u8], shape: &ImageShape, max_side: u32) -> Result<(Vec<f32>, Conversion), InputError> {
-        decode(index, bytes, read_header(index, bytes, max_side)?, shape)
+        open(index, bytes, max_side)?.decode(shape)
     }
 
     #[test]
@@ -159,6 +183,23 @@ mod tests {
         let mut truncated = png_bytes(&image::DynamicImage::ImageLuma8(image::GrayImage::new(28, 28)));
         truncated.truncate(truncated.len() / 2);
         assert!(matches!(read(0, &truncated, &MNIST, 4096).unwrap_err(), InputError::Corrupt { .. }));
+    }
+
+    #[tokio::test]
+    async fn decodes_small_uploads_inline_and_large_ones_on_the_pool_alike() {
+        let grey = |side| png_bytes(&image::DynamicImage::ImageLuma8(image::GrayImage::from_pixel(side, side, image::Luma([255]))));
+        for sides in [vec![28, 28], vec![28, 200]] {
+            assert_eq!(runs_inline(sides.iter().map(|&s| u64::from(s * s)).sum()), sides == [28, 28]);
+            let (pixels, conversions) = decode_all(sides.iter().map(|&s| grey(s)).collect(), &MNIST).await.unwrap();
+            assert!(pixels.iter().all(|p| p.len() == 784 && p.iter().all(|&v| (v - 1.0).abs() < 1e-6)));
+            assert_eq!(
+                conversions.iter().map(|c| (c.original_width, c.resized)).collect::<Vec<_>>(),
+                sides.iter().map(|&s| (s, s != 28)).collect::<Vec<_>>()
+            );
+        }
+        // Every header is checked before anything is decoded, on either path.
+        let err = decode_all(vec![grey(28), b"not an image".to_vec()], &MNIST).await.unwrap_err();
+        assert_eq!(err, InputError::UnsupportedFormat { index: 1 });
     }
 
     #[test]
