@@ -17,7 +17,7 @@ and on PostgreSQL (a throw-away cluster made here with initdb/pg_ctl, as the tes
   time, alternating replicas, while every worker is idle; latency = the job's started_at minus its
   created_at (both the database's clock).
 - inference: an api replica serving the shipped model, `POST /classify` with one PNG digit under wrk
-  (bench/wrk_post.lua) at concurrency 1 and 64, SQLite and PostgreSQL alternating, median of three.
+  (bench/wrk_request.lua) at concurrency 1 and 64, SQLite and PostgreSQL alternating, median of three.
 """
 import glob
 import json
@@ -208,7 +208,7 @@ def inference(passes=3, seconds=10):
             wait("readiness", lambda: ready(replica))
             for c in (1, 64):
                 run = lambda secs: subprocess.run(
-                    ["wrk", "-t", "1" if c == 1 else "2", "-c", str(c), "-d", f"{secs}s", "-s", os.path.join(HERE, "wrk_post.lua"),
+                    ["wrk", "-t", "1" if c == 1 else "2", "-c", str(c), "-d", f"{secs}s", "-s", os.path.join(HERE, "wrk_request.lua"),
                      f"{replica.base}/classify"], env={**os.environ, "BODY": digit, "CONTENT_TYPE": "image/png"},
                     check=True, capture_output=True, text=True).stdout
                 run(2)  # warm-up

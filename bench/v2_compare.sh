@@ -54,10 +54,10 @@ cell() {
   for c in 1 16 64; do
     local threads=$(( c < 2 ? 1 : 2 ))
     BODY=$body HEADER_LENGTH=$header_length CONTENT_TYPE=$content_type \
-      wrk -t"$threads" -c"$c" -d1s -s bench/wrk_post.lua "$url" >/dev/null
+      wrk -t"$threads" -c"$c" -d1s -s bench/wrk_request.lua "$url" >/dev/null
     local line
     line=$(BODY=$body HEADER_LENGTH=$header_length CONTENT_TYPE=$content_type \
-      wrk -t"$threads" -c"$c" -d"${SECONDS_PER_CELL}s" -s bench/wrk_post.lua "$url" | tail -1)
+      wrk -t"$threads" -c"$c" -d"${SECONDS_PER_CELL}s" -s bench/wrk_request.lua "$url" | tail -1)
     python3 -c 'import json, sys; r = json.loads(sys.argv[1]); r.update(server=sys.argv[2], form=sys.argv[3], c=int(sys.argv[4]), rows=int(sys.argv[5])); print(json.dumps(r))' \
       "$line" "$server" "$form" "$c" "$rows" >> "$RESULTS"
   done

@@ -1,9 +1,12 @@
--- wrk script: POSTs the file $BODY, with the headers $HEADER_LENGTH (as
+-- wrk script: POSTs the file $BODY when set (GETs otherwise), with the headers $HEADER_LENGTH (as
 -- Inference-Header-Content-Length) and $CONTENT_TYPE when set, and prints one JSON line.
-local file = assert(io.open(os.getenv("BODY"), "rb"))
-wrk.method = "POST"
-wrk.body = file:read("*a")
-file:close()
+local body = os.getenv("BODY")
+if body and body ~= "" then
+  local file = assert(io.open(body, "rb"))
+  wrk.method = "POST"
+  wrk.body = file:read("*a")
+  file:close()
+end
 local header_length = os.getenv("HEADER_LENGTH")
 if header_length and header_length ~= "" then wrk.headers["Inference-Header-Content-Length"] = header_length end
 local content_type = os.getenv("CONTENT_TYPE")
