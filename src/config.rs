@@ -151,6 +151,11 @@ pub struct ServeArgs {
     /// batches are small, so one thread leaves the other cores to HTTP and image decoding.
     #[arg(long, env = "VAE_INFERENCE_THREADS", default_value_t = 1)]
     pub inference_threads: usize,
+    /// Serve with int8 weights in the fully connected layers (batch norm folded in, activations
+    /// quantized per batch; fbgemm): a few times less model time per batch on CPU, outputs within
+    /// about 1%. Convolutional layers and training stay float32; ignored on a GPU.
+    #[arg(long, env = "VAE_INFERENCE_INT8", default_value_t = false, action = clap::ArgAction::Set)]
+    pub inference_int8: bool,
     /// Training jobs run at once (each on its own thread).
     #[arg(long, env = "VAE_TRAIN_WORKERS", default_value_t = 1)]
     pub train_workers: usize,
@@ -221,6 +226,7 @@ impl ServeArgs {
             queue_capacity: self.queue_capacity.max(1),
             loaded_models: self.loaded_models.max(1),
             threads: self.inference_threads.max(1),
+            int8: self.inference_int8,
         }
     }
 }

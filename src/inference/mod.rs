@@ -55,6 +55,8 @@ pub struct BatchingConfig {
     pub loaded_models: usize,
     /// Torch intra-op CPU threads on each model thread.
     pub threads: usize,
+    /// Fully connected layers in int8 on CPU (`Vae::quantize`).
+    pub int8: bool,
 }
 
 /// Which model a request is for.

@@ -29,8 +29,8 @@ pub(super) struct Context {
 pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Receiver<Job>) {
     let _no_grad = tch::no_grad_guard();
     crate::runtime::set_torch_threads_of_this_thread(context.batching.threads);
-    let model = match artifact::load(&context.dir, context.device) {
-        Ok((_, model)) => model,
+    let model = match artifact::load(&context.dir, context.device).and_then(|(_, model)| quantize_if_asked(&context, model)) {
+        Ok(model) => model,
         Err(error) => {
             tracing::warn!(model = %context.id, %error, "model not loaded");
             let _ = state.send(WorkerState::Failed(error.to_string()));
@@ -48,6 +48,15 @@ pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Re
         run_batch(&context, &model, batch);
     }
     tracing::info!(model = %context.id, "model unloaded");
+}
+
+/// Switches the model to int8 where asked and where it can: on CPU, in its fully connected layers.
+fn quantize_if_asked(context: &Context, mut model: LoadedModel) -> Result<LoadedModel, models::ModelError> {
+    if context.batching.int8 {
+        let quantized = context.device == Device::Cpu && model.model.quantize()?;
+        tracing::info!(model = %context.id, quantized, "int8 inference asked (fully connected layers on CPU only)");
+    }
+    Ok(model)
 }
 
 /// Blocks for a first job, then takes whatever else is already queued. Only when others were
@@ -337,6 +346,7 @@ mod tests {
             queue_capacity: 16,
             loaded_models: 1,
             threads: 1,
+            int8: false,
         };
         let context = Context { id: "m@1".into(), dir: PathBuf::new(), device: Device::Cpu, batching, metrics: Arc::new(Metrics::new()) };
         let (jobs, queue) = std::sync::mpsc::sync_channel(16);

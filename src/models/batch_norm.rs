@@ -86,6 +86,16 @@ impl BatchNorm {
             false,
         )
     }
+
+    /// Weight and bias of `linear` followed by this layer in inference, as one linear layer.
+    pub fn fold_into(&self, linear: &nn::Linear) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let scale = &self.weight / (&self.running_var + EPSILON).sqrt();
+            let weight = &linear.ws * scale.unsqueeze(1);
+            let bias = linear.bs.as_ref().map_or_else(|| self.running_mean.zeros_like(), Tensor::shallow_clone);
+            (weight, (bias - &self.running_mean) * scale + &self.bias)
+        })
+    }
 }
 
 #[cfg(test)]

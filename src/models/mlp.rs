@@ -4,12 +4,15 @@ use tch::{nn, nn::Module, Tensor};
 
 use super::batch_norm::{BatchNorm, BnControl};
 use super::layers;
-use super::{ModelConfig, Posterior, Vae};
+use super::quantized::{Dense, QuantizedLinear};
+use super::{ModelConfig, ModelError, Posterior, Vae};
 
 /// Linear → BN → ReLU blocks: the hidden stack of every MLP part.
 #[derive(Debug)]
 pub struct BnMlp {
     layers: Vec<(nn::Linear, BatchNorm)>,
+    /// Each block's linear layer and inference-time batch norm folded into one, as int8.
+    int8: Option<Vec<QuantizedLinear>>,
 }
 
 impl BnMlp {
@@ -21,11 +24,26 @@ impl BnMlp {
             layers.push((linear, BatchNorm::new(path / format!("bn{i}"), width, bn)));
             fan_in = width;
         }
-        Self { layers }
+        Self { layers, int8: None }
     }
 
+    /// Float in training, int8 in inference once quantized.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.layers.iter().fold(x.shallow_clone(), |h, (linear, bn)| bn.forward(&linear.forward(&h), train).relu())
+        match (&self.int8, train) {
+            (Some(int8), false) => int8.iter().fold(x.shallow_clone(), |h, block| {
+                block.forward(&h, true).expect("a quantized block runs on the input its float twin takes")
+            }),
+            _ => self.layers.iter().fold(x.shallow_clone(), |h, (linear, bn)| bn.forward(&linear.forward(&h), train).relu()),
+        }
+    }
+
+    pub fn quantize(&mut self) -> Result<(), ModelError> {
+        let blocks = self.layers.iter().map(|(linear, bn)| {
+            let (weight, bias) = bn.fold_into(linear);
+            QuantizedLinear::new(&weight, Some(&bias))
+        });
+        self.int8 = Some(blocks.collect::<Result<_, _>>()?);
+        Ok(())
     }
 }
 
@@ -34,10 +52,10 @@ impl BnMlp {
 pub struct MlpVae {
     config: ModelConfig,
     encoder: BnMlp,
-    mean: nn::Linear,
-    log_var: nn::Linear,
+    mean: Dense,
+    log_var: Dense,
     decoder: BnMlp,
-    output: nn::Linear,
+    output: Dense,
     likelihood_log_var: Option<Tensor>,
 }
 
@@ -46,11 +64,11 @@ impl MlpVae {
         let pixels = config.image.pixels();
         let top = *config.hidden.last().expect("validated: at least one hidden layer");
         let encoder = BnMlp::new(&(path / "encoder"), pixels, &config.hidden, bn);
-        let mean = layers::linear(path / "encoder" / "mean", top, config.latent_dim);
-        let log_var = layers::linear(path / "encoder" / "log_var", top, config.latent_dim);
+        let mean = Dense::new(layers::linear(path / "encoder" / "mean", top, config.latent_dim));
+        let log_var = Dense::new(layers::linear(path / "encoder" / "log_var", top, config.latent_dim));
         let reversed: Vec<i64> = config.hidden.iter().rev().copied().collect();
         let decoder = BnMlp::new(&(path / "decoder"), config.latent_dim + condition_dim, &reversed, bn);
-        let output = layers::linear(path / "decoder" / "output", config.hidden[0], pixels);
+        let output = Dense::new(layers::linear(path / "decoder" / "output", config.hidden[0], pixels));
         let likelihood_log_var = learned_log_var(path, &config);
         Self { config, encoder, mean, log_var, decoder, output, likelihood_log_var }
     }
@@ -73,7 +91,7 @@ impl Vae for MlpVae {
 
     fn encode(&self, images: &Tensor, train: bool) -> Posterior {
         let h = self.encoder.forward(&images.flatten(1, -1), train);
-        Posterior { mean: self.mean.forward(&h), log_var: self.log_var.forward(&h) }
+        Posterior { mean: self.mean.forward(&h, train), log_var: self.log_var.forward(&h, train) }
     }
 
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
@@ -81,12 +99,21 @@ impl Vae for MlpVae {
             Some(y) => Tensor::cat(&[z, y], 1),
             None => z.shallow_clone(),
         };
-        let out = self.output.forward(&self.decoder.forward(&input, train));
+        let out = self.output.forward(&self.decoder.forward(&input, train), train);
         let [c, h, w] = self.config.image.dims();
         out.view([-1, c, h, w])
     }
 
     fn likelihood_log_var(&self) -> Option<&Tensor> {
         self.likelihood_log_var.as_ref()
+    }
+
+    fn quantize(&mut self) -> Result<bool, ModelError> {
+        self.encoder.quantize()?;
+        self.mean.quantize()?;
+        self.log_var.quantize()?;
+        self.decoder.quantize()?;
+        self.output.quantize()?;
+        Ok(true)
     }
 }

@@ -7,6 +7,7 @@ pub mod conv;
 pub mod layers;
 pub mod mlp;
 pub mod objective;
+pub mod quantized;
 pub mod semi_supervised;
 
 use serde::{Deserialize, Serialize};
@@ -23,6 +24,8 @@ pub enum ModelError {
     Artifact { path: String, why: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
+    #[error("int8 quantization failed: {0}")]
+    Quantization(String),
 }
 
 /// Channels × height × width of the images a model reads and writes.
@@ -155,6 +158,12 @@ pub trait Vae: Send {
     }
     /// Model-level extra parameters of the likelihood (the learned Gaussian log-variance).
     fn likelihood_log_var(&self) -> Option<&Tensor>;
+    /// Switches inference (`train = false`) to int8 fully connected layers, batch norm folded in
+    /// (`quantized`); training keeps the float weights. False: the model has no part that does
+    /// (the convolutional model).
+    fn quantize(&mut self) -> Result<bool, ModelError> {
+        Ok(false)
+    }
     /// The cost of a batch; `labels[i] < 0` marks an unlabelled example (models without a
     /// classifier ignore labels and `classifier_view`). `kl_weight` scales the KL term of the loss
     /// (warm-up). `classifier_view`, when given, is what q(y|x) sees instead of `images` (an

@@ -7,18 +7,19 @@
 //!
 //! −ELBO(x, y) includes −log p(y) = log K for the uniform label prior, so it bounds −log p(x, y).
 
-use tch::{nn, nn::Module, Kind, Tensor};
+use tch::{nn, Kind, Tensor};
 
 use super::batch_norm::BnControl;
 use super::layers;
 use super::mlp::{BnMlp, MlpVae};
 use super::objective::{every_label, kl_to_standard_normal, negative_log_likelihood, BatchObjective};
-use super::{ModelConfig, Posterior, UnlabeledObjective, Vae};
+use super::quantized::Dense;
+use super::{ModelConfig, ModelError, Posterior, UnlabeledObjective, Vae};
 
 pub struct SemiSupervisedVae {
     vae: MlpVae,
     classifier: BnMlp,
-    classifier_out: nn::Linear,
+    classifier_out: Dense,
 }
 
 impl SemiSupervisedVae {
@@ -26,7 +27,7 @@ impl SemiSupervisedVae {
         let k = config.num_classes();
         let classifier = BnMlp::new(&(path / "classifier"), config.image.pixels(), &config.hidden, bn);
         let top = *config.hidden.last().expect("validated");
-        let classifier_out = layers::linear(path / "classifier" / "logits", top, k);
+        let classifier_out = Dense::new(layers::linear(path / "classifier" / "logits", top, k));
         Self { vae: MlpVae::new(path, config, k, bn), classifier, classifier_out }
     }
 }
@@ -53,11 +54,18 @@ impl Vae for SemiSupervisedVae {
     }
 
     fn classify(&self, images: &Tensor, train: bool) -> Option<Tensor> {
-        Some(self.classifier_out.forward(&self.classifier.forward(&images.flatten(1, -1), train)))
+        Some(self.classifier_out.forward(&self.classifier.forward(&images.flatten(1, -1), train), train))
     }
 
     fn likelihood_log_var(&self) -> Option<&Tensor> {
         self.vae.likelihood_log_var()
+    }
+
+    fn quantize(&mut self) -> Result<bool, ModelError> {
+        self.vae.quantize()?;
+        self.classifier.quantize()?;
+        self.classifier_out.quantize()?;
+        Ok(true)
     }
 
     fn objective(&self, images: &Tensor, classifier_view: Option<&Tensor>, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {

@@ -1,0 +1,163 @@
+//! Int8 inference for the fully connected layers: libtorch's dynamically quantized linear layer
+//! (`quantized::linear_dynamic`: int8 weights with one scale per output unit, activations
+//! quantized per batch as they come; fbgemm on x86). tch does not bind it, so
+//! `quantized_linear.cpp` beside this file is a small shim that `build.rs` compiles against the
+//! same libtorch.
+//!
+//! Why: a served batch is a few rows, and at a few rows a float32 matrix product is bound by
+//! reading the weights; int8 weights are a quarter of the bytes.
+
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr::NonNull;
+
+use tch::{nn, nn::Module, Tensor};
+
+use super::ModelError;
+
+extern "C" {
+    fn vae_quantized_linear_new(weight: *const c_void, bias: *const c_void, out: *mut *mut c_void) -> *mut c_char;
+    fn vae_quantized_linear_forward(layer: *const c_void, x: *const c_void, relu: bool, out: *mut *mut c_void) -> *mut c_char;
+    fn vae_quantized_linear_free(layer: *mut c_void);
+    fn vae_free_error(message: *mut c_char);
+}
+
+/// Turns the shim's error message, if any, into an error (and frees it).
+fn check(message: *mut c_char) -> Result<(), ModelError> {
+    if message.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null result is a NUL-terminated string that the shim malloc'ed for us.
+    let text = unsafe { CStr::from_ptr(message) }.to_string_lossy().into_owned();
+    unsafe { vae_free_error(message) };
+    Err(ModelError::Quantization(text))
+}
+
+/// A linear layer's weights, prepacked as int8.
+pub struct QuantizedLinear {
+    packed: NonNull<c_void>,
+}
+
+// SAFETY: the packed weights are written once, when made, and only read afterwards; the handle is
+// owned by one value, as a tch Tensor owns its tensor (and Tensor is Send).
+unsafe impl Send for QuantizedLinear {}
+
+impl QuantizedLinear {
+    /// Quantizes `weight` (out × in, float) with one symmetric scale per output unit; `bias`
+    /// stays float.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Self, ModelError> {
+        let mut packed = std::ptr::null_mut();
+        let bias = bias.map_or(std::ptr::null(), |b| b.as_ptr() as *const c_void);
+        // SAFETY: the tensors are live for the call; the shim copies what it keeps.
+        check(unsafe { vae_quantized_linear_new(weight.as_ptr() as *const c_void, bias, &mut packed) })?;
+        Ok(Self { packed: NonNull::new(packed).expect("the shim returns a layer when it reports no error") })
+    }
+
+    /// x·Wᵀ + b for `x` (batch × in, float, CPU), then ReLU when `relu`.
+    pub fn forward(&self, x: &Tensor, relu: bool) -> Result<Tensor, ModelError> {
+        let mut out = std::ptr::null_mut();
+        // SAFETY: `self.packed` is live while self is; `x` is live for the call.
+        check(unsafe { vae_quantized_linear_forward(self.packed.as_ptr(), x.as_ptr() as *const c_void, relu, &mut out) })?;
+        // SAFETY: on success the shim hands over a new tensor handle, which the Tensor now owns.
+        Ok(unsafe { Tensor::from_ptr(out as *mut _) })
+    }
+}
+
+impl Drop for QuantizedLinear {
+    fn drop(&mut self) {
+        // SAFETY: made by vae_quantized_linear_new and freed once, here.
+        unsafe { vae_quantized_linear_free(self.packed.as_ptr()) }
+    }
+}
+
+/// A linear layer that no batch norm follows (code heads, outputs, logits), with an int8 form
+/// for inference once `quantize` has made one.
+#[derive(Debug)]
+pub struct Dense {
+    linear: nn::Linear,
+    int8: Option<QuantizedLinear>,
+}
+
+impl std::fmt::Debug for QuantizedLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuantizedLinear")
+    }
+}
+
+impl Dense {
+    pub fn new(linear: nn::Linear) -> Self {
+        Self { linear, int8: None }
+    }
+
+    /// Float in training, int8 in inference once quantized.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+        match (&self.int8, train) {
+            (Some(int8), false) => int8.forward(x, false).expect("a quantized layer runs on the input its float twin takes"),
+            _ => self.linear.forward(x),
+        }
+    }
+
+    pub fn quantize(&mut self) -> Result<(), ModelError> {
+        self.int8 = Some(QuantizedLinear::new(&self.linear.ws, self.linear.bs.as_ref())?);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn agrees_with_the_float_layer_within_int8_rounding() {
+        tch::manual_seed(0);
+        let vars = nn::VarStore::new(Device::Cpu);
+        let linear = super::super::layers::linear(vars.root() / "fc", 300, 40);
+        let x = Tensor::rand([12, 300], (Kind::Float, Device::Cpu));
+        let exact = linear.forward(&x);
+        let int8 = QuantizedLinear::new(&linear.ws, linear.bs.as_ref()).unwrap();
+        let error = (int8.forward(&x, false).unwrap() - &exact).abs().max().double_value(&[]);
+        let scale = exact.abs().max().double_value(&[]);
+        assert!(error < 0.02 * scale, "int8 error {error} against values up to {scale}");
+        let rectified = int8.forward(&x, true).unwrap();
+        assert!(rectified.min().double_value(&[]) >= 0.0);
+        assert!((rectified - exact.relu()).abs().max().double_value(&[]) < 0.02 * scale);
+    }
+
+    #[test]
+    fn the_shipped_model_in_int8_classifies_encodes_and_decodes_as_in_float() {
+        use crate::data::{self, DataOptions, DatasetSource};
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-ssvae/v1");
+        let (_, float) = super::super::artifact::load(&dir, Device::Cpu).unwrap();
+        let (_, mut int8) = super::super::artifact::load(&dir, Device::Cpu).unwrap();
+        assert!(int8.model.quantize().unwrap());
+        let mnist = DatasetSource::Idx(data::shared_data_dir().join("mnist"));
+        let test = data::load(&mnist, &DataOptions::default()).unwrap().test.first(2000);
+        let _no_grad = tch::no_grad_guard();
+        let predict = |model: &super::super::LoadedModel| model.model.classify(&test.images, false).unwrap().argmax(1, false);
+        let (float_labels, int8_labels) = (predict(&float), predict(&int8));
+        let share = |t: Tensor| t.to_kind(Kind::Float).mean(Kind::Float).double_value(&[]);
+        let agreement = share(float_labels.eq_tensor(&int8_labels));
+        let (float_accuracy, int8_accuracy) = (share(float_labels.eq_tensor(&test.labels)), share(int8_labels.eq_tensor(&test.labels)));
+        assert!(agreement >= 0.995, "int8 and float agree on {agreement} of the labels");
+        assert!((float_accuracy - int8_accuracy).abs() <= 0.005, "accuracy {float_accuracy} in float, {int8_accuracy} in int8");
+        let (float_code, int8_code) = (float.model.encode(&test.images, false).mean, int8.model.encode(&test.images, false).mean);
+        let code_error = share((&float_code - &int8_code).abs()) / share(float_code.abs());
+        assert!(code_error < 0.05, "codes move by {code_error} of their size");
+        let labels = test.labels.one_hot(10).to_kind(Kind::Float);
+        let pixels = |model: &super::super::LoadedModel| model.model.decode(&float_code, Some(&labels), false).sigmoid();
+        let pixel_error = share((pixels(&float) - pixels(&int8)).abs());
+        assert!(pixel_error < 0.01, "decoded pixels move by {pixel_error} on average");
+        // Training mode is untouched: it still runs the float layers with batch statistics.
+        let train_logits = |model: &super::super::LoadedModel| model.model.classify(&test.images.narrow(0, 0, 64), true).unwrap();
+        assert!(train_logits(&float).allclose(&train_logits(&int8), 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn a_bad_input_is_an_error_not_a_crash() {
+        let vars = nn::VarStore::new(Device::Cpu);
+        let linear = super::super::layers::linear(vars.root() / "fc", 8, 4);
+        let int8 = QuantizedLinear::new(&linear.ws, None).unwrap();
+        let wrong_width = Tensor::rand([2, 5], (Kind::Float, Device::Cpu));
+        assert!(matches!(int8.forward(&wrong_width, false), Err(ModelError::Quantization(_))));
+    }
+}
