@@ -353,3 +353,32 @@ fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     let metrics = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
     assert!(metrics.contains(&format!("vae_inference_requests_total{{model=\"mnist-ssvae@1\",outcome=\"rejected\"}} {}", rejected.len())));
 }
+
+#[test]
+fn int8_inference_answers_as_float_does_over_http() {
+    let float = shipped_server(vec![]);
+    let int8 = shipped_server(vec![("VAE_INFERENCE_INT8".into(), "true".into())]);
+    let http = client();
+    let digits = test_digits(300);
+    let labels = |server: &Server| -> Vec<i64> {
+        digits
+            .chunks(50)
+            .flat_map(|chunk| {
+                let body = json!({ "images": chunk.iter().map(|(png, _)| b64(png)).collect::<Vec<_>>() });
+                let answer: Value = http.post(server.url("/classify")).json(&body).send().unwrap().json().unwrap();
+                answer["results"].as_array().unwrap().iter().map(|r| r["label"].as_i64().unwrap()).collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (float_labels, int8_labels) = (labels(&float), labels(&int8));
+    let agree = float_labels.iter().zip(&int8_labels).filter(|(a, b)| a == b).count();
+    assert!(agree >= 297, "int8 and float agree on {agree} of 300 test digits");
+    let correct = int8_labels.iter().zip(&digits).filter(|(l, (_, label))| *l == label).count();
+    assert!(correct >= 270, "int8 classifies {correct} of 300 test digits correctly");
+    assert!(int8.log_contains("\"quantized\":true") || int8.log_contains("quantized=true"), "the log says int8 is in effect");
+    // Generation and reconstruction run through the quantized decoder and encoder too.
+    let sample = http.get(int8.url("/sample?n=4&label=3&seed=1")).send().unwrap();
+    assert_eq!(sample.status(), 200);
+    let reconstruction = http.post(int8.url("/reconstruct")).header("content-type", "image/png").body(digits[0].0.clone()).send().unwrap();
+    assert_eq!(reconstruction.status(), 200);
+}
