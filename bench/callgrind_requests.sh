@@ -6,12 +6,16 @@
 # instruction count (every thread: HTTP, model thread, torch; the dump's `totals:`, since its
 # `summary:` wraps around after a zero) is divided by the requests sent.
 #
-#   bench/callgrind_requests.sh [BINARY]     (default ./target/release/vae-serve)
+#   bench/callgrind_requests.sh [SERVER]     (default ./target/release/vae-serve)
+#
+# SERVER is a binary, optionally after settings: "VAE_INFERENCE_INT8=true target/release/vae-serve".
 #
 # Prints one markdown row per endpoint × concurrency. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${1:-./target/release/vae-serve}
+SERVER=${1:-./target/release/vae-serve}
+settings=${SERVER% *} binary=${SERVER##* }
+[ "$settings" = "$SERVER" ] && settings=""
 PORT=${PORT:-18580}
 OUT=$(mktemp -d)
 server=""
@@ -20,8 +24,9 @@ command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgri
 python3 bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
 # valgrind runs every thread of the server on one core, one at a time.
-RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
-  "$BIN" serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
+# shellcheck disable=SC2086 # settings are words
+env RUST_LOG=warn $settings valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
+  "$binary" serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
   --default-model mnist-ssvae 2>"$OUT/server.log" &
 server=$!
 for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Before/after for a serving change: two builds of vae-serve, alternated pass by pass so that the
-# machine's drift hits both alike, each driven by wrk on POST /classify (one 28×28 PNG) and
-# GET /sample?n=1 at concurrency 1 and 64. Prints the median of the passes per cell.
+# Before/after for a serving change: two builds or settings of vae-serve, alternated pass by pass
+# so that the machine's drift hits both alike, each driven by wrk on POST /classify (one 28×28 PNG)
+# and GET /sample?n=1 at concurrency 1 and 64. Prints the median of the passes per cell.
 #
-#   bench/serve_ab.sh BEFORE_BINARY AFTER_BINARY [PASSES] [SECONDS]     (defaults: 3 passes, 10 s)
+#   bench/serve_ab.sh BEFORE AFTER [PASSES] [SECONDS]     (defaults: 3 passes, 10 s)
+#
+# BEFORE and AFTER are a binary, optionally after settings: "VAE_INFERENCE_INT8=true target/release/vae-serve".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BEFORE=$1 AFTER=$2 PASSES=${3:-3} SECONDS_PER_RUN=${4:-10}
@@ -15,7 +17,8 @@ command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 
 python3 bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
 start() {
-  RUST_LOG=warn "$1" serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
+  # shellcheck disable=SC2086 # the settings and the binary are words of one argument
+  env RUST_LOG=warn $1 serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
     --default-model mnist-ssvae 2>"$OUT/server.log" &
   server=$!
   for _ in $(seq 200); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
