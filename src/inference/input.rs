@@ -41,8 +41,12 @@ pub async fn image_work<T: Send + 'static>(pixels: u64, work: impl FnOnce() -> T
     if runs_inline(pixels) {
         Ok(work())
     } else {
-        tokio::task::spawn_blocking(work).await.map_err(|e| InputError::Aborted(e.to_string()))
+        on_blocking_pool(work).await
     }
+}
+
+async fn on_blocking_pool<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, InputError> {
+    tokio::task::spawn_blocking(work).await.map_err(|e| InputError::Aborted(e.to_string()))
 }
 
 type Decoded = (Vec<Vec<f32>>, Vec<Conversion>);
@@ -62,7 +66,7 @@ where
     let decode = move || {
         uploads.iter().enumerate().map(|(i, bytes)| open(i, bytes.as_ref(), MAX_IMAGE_SIDE)?.decode(&shape)).collect::<Result<Vec<_>, _>>()
     };
-    Ok(tokio::task::spawn_blocking(decode).await.map_err(|e| InputError::Aborted(e.to_string()))??.into_iter().unzip())
+    Ok(on_blocking_pool(decode).await??.into_iter().unzip())
 }
 
 /// Checks every upload's header and, when they are small in all (the usual case), decodes them

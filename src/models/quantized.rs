@@ -62,6 +62,12 @@ impl QuantizedLinear {
     }
 }
 
+impl std::fmt::Debug for QuantizedLinear {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QuantizedLinear")
+    }
+}
+
 impl Drop for QuantizedLinear {
     fn drop(&mut self) {
         // SAFETY: made by vae_quantized_linear_new and freed once, here.
@@ -75,12 +81,6 @@ impl Drop for QuantizedLinear {
 pub struct Dense {
     linear: nn::Linear,
     int8: Option<QuantizedLinear>,
-}
-
-impl std::fmt::Debug for QuantizedLinear {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("QuantizedLinear")
-    }
 }
 
 impl Dense {
