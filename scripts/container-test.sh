@@ -22,9 +22,7 @@ for tool in podman:podman runc:runc debootstrap:debootstrap; do
   command -v "${tool%%:*}" >/dev/null || missing+=("${tool##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]} from Debian"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y -qq "${missing[@]}" >/dev/null || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+  scripts/apt-install.sh container-test "${missing[@]}"
 fi
 
 # Images left by a run that was stopped before its clean-up are gigabytes each.

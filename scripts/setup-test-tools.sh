@@ -8,16 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv
 
+# PostgreSQL's server binaries, for the throw-away clusters of the storage and replica tests. The
+# package starts no server in a container; where it does (systemd), the tests never use it.
 if ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null && ! command -v initdb >/dev/null; then
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "setup-test-tools: PostgreSQL's server binaries are missing; install Debian's postgresql (sudo apt-get install postgresql)" >&2
-    exit 1
-  fi
-  echo "setup-test-tools: installing Debian's postgresql (one-off)" >&2
-  export DEBIAN_FRONTEND=noninteractive
-  # Fresh machines may have no package lists yet. The package starts no server in a container;
-  # where it does (systemd), the tests never use it.
-  apt-get install -y -qq postgresql >/dev/null || { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; }
+  scripts/apt-install.sh setup-test-tools postgresql
 fi
 # name==version, and the pip requirement that installs it.
 TOOLS=(
