@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every benchmark in one command: training against PyTorch (speed and time-to-quality), serving
-# against a FastAPI peer, and the memory soak. Writes bench/out/report.md and puts it into
+# against a FastAPI peer and against TorchServe, and the memory soak. Writes bench/out/report.md and puts it into
 # BENCHMARKS.md between the `run_all` markers, with the machine, date and commit.
 #
 #   bench/run_all.sh [SOAK_MINUTES]      (about 10 minutes plus the soak on 2 cores)
@@ -24,6 +24,10 @@ dirty=$(git diff --quiet HEAD -- src bench || echo " plus uncommitted changes")
   echo "### Serving: batched, unbatched, and a FastAPI + PyTorch peer (5 s per run)"
   echo
   bench/serve_compare.sh 5
+  echo
+  echo "### POST /classify against TorchServe with batching, float32 and int8 (5 passes of 10 s)"
+  echo
+  bench/classify_peers.sh 5 10
   echo
   echo "### Memory under $SOAK_MINUTES minutes of mixed load"
   echo
