@@ -48,8 +48,11 @@ pub enum Command {
     Openapi,
     /// Train a model and save it as a model directory.
     Train(crate::training::cli::TrainArgs),
-    /// Evaluate a saved model on a dataset's test split.
+    /// Evaluate a saved model on a dataset's test split, and its samples with the dataset's judge.
     Eval(crate::training::cli::EvalArgs),
+    /// Train a dataset's judge: the independent classifier that scores samples (label fidelity,
+    /// Fréchet distance) in `eval` and at the end of every training job.
+    Judge(crate::training::cli::JudgeArgs),
     /// Draw samples from a saved model into a PNG grid.
     Sample(crate::training::cli::SampleArgs),
 }

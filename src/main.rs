@@ -35,6 +35,10 @@ fn main() -> anyhow::Result<()> {
             let runtime = init_torch(&cli.global)?;
             train_cli::run_eval(&cli.global, &runtime, &args)
         }
+        Command::Judge(args) => {
+            let runtime = init_torch(&cli.global)?;
+            train_cli::run_judge(&cli.global, &runtime, &args)
+        }
         Command::Sample(args) => {
             let runtime = init_torch(&cli.global)?;
             train_cli::run_sample(&runtime, &args)

@@ -10,10 +10,16 @@ pub fn random_shift(images: &Tensor, max_shift: i64) -> Tensor {
     if max_shift == 0 {
         return images.shallow_clone();
     }
+    let n = images.size()[0];
+    shift(images, &Tensor::randint_low(-max_shift, max_shift + 1, [n, 2], (Kind::Int64, images.device())))
+}
+
+/// Moves image i by `offsets[i] = (dx, dy)` whole pixels (`[N, 2]`), filling with zeros.
+pub fn shift(images: &Tensor, offsets: &Tensor) -> Tensor {
     let size = images.size();
     let (n, height, width) = (size[0], size[2], size[3]);
     let options = (Kind::Float, images.device());
-    let offsets = Tensor::randint_low(-max_shift, max_shift + 1, [n, 2], (Kind::Int64, images.device())).to_kind(Kind::Float);
+    let offsets = offsets.to_kind(Kind::Float);
     // affine_grid works in normalised coordinates, where one pixel spans 2/W across and 2/H down.
     let dx = offsets.select(1, 0) * (2.0 / width as f64);
     let dy = offsets.select(1, 1) * (2.0 / height as f64);

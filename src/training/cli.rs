@@ -6,7 +6,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{
-    eval, optim::OptimizerKind, train_and_publish, CancelToken, DataRequest, Places, Progress, Schedule, TrainOptions, TrainRequest,
+    eval, judge, optim::OptimizerKind, train_and_publish, CancelToken, DataRequest, Places, Progress, Schedule, TrainOptions, TrainRequest,
 };
 use crate::config::GlobalArgs;
 use crate::data::{self, DataOptions};
@@ -260,12 +260,21 @@ pub struct EvalArgs {
     /// Dataset whose test split is evaluated (default: the one the model was trained on).
     #[arg(long)]
     pub dataset: Option<String>,
+    /// Where the dataset's judge is kept (`.judges/` inside it).
+    #[arg(long, env = "VAE_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
     /// Importance samples for the IWAE log-likelihood bound (0: skip).
     #[arg(long, default_value_t = 100)]
     pub iwae_samples: i64,
     /// Evaluate at most this many test images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Samples the judge scores (spread evenly over the labels of a model with labels).
+    #[arg(long, default_value_t = super::SCORED_SAMPLES)]
+    pub samples: i64,
+    /// Temperature of those samples: z ~ N(0, T²·I).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -279,10 +288,53 @@ pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) ->
     let test = splits.test.first(args.limit.unwrap_or(usize::MAX)).to_device(runtime.device);
     tch::manual_seed(args.seed as i64);
     let evaluation = eval::evaluate(&*loaded.model, &test, 500, args.iwae_samples);
+    let key = judge::dataset_key(&source);
+    let samples = match judge::Judge::load(&args.models_dir, &key, runtime.device)? {
+        Some(judge) => Some(judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed)?),
+        None => {
+            let (weights, _) = judge::paths(&args.models_dir, &key);
+            eprintln!("no judge at {}: samples not scored (make one with `vae-serve judge --dataset {dataset}`)", weights.display());
+            None
+        }
+    };
     println!(
         "{}",
-        serde_json::to_string_pretty(&serde_json::json!({ "model": manifest.name, "dataset": dataset, "evaluation": evaluation }))?
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "model": manifest.name, "dataset": dataset, "evaluation": evaluation, "samples": samples })
+        )?
     );
+    Ok(())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct JudgeArgs {
+    /// Dataset: a path, or a name under $VAE_DATA_DIR or /usr/share/datasets. Its judge is filed
+    /// under the name of the directory it is found in.
+    #[arg(long)]
+    pub dataset: String,
+    /// The judge is written to `.judges/` inside this directory.
+    #[arg(long, env = "VAE_MODELS_DIR", default_value = "./models")]
+    pub models_dir: PathBuf,
+    #[arg(long, default_value_t = judge::DEFAULT_EPOCHS)]
+    pub epochs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Image folders: side length images are resized to.
+    #[arg(long, default_value_t = 32)]
+    pub image_size: i64,
+    /// Image folders: 1 (grayscale) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    pub channels: i64,
+}
+
+pub fn run_judge(global: &GlobalArgs, runtime: &TorchRuntime, args: &JudgeArgs) -> anyhow::Result<()> {
+    let source = data::resolve_or_download(&args.dataset, &global.data_dir)?;
+    let image_shape = models::ImageShape { channels: args.channels, height: args.image_size, width: args.image_size };
+    let options = DataOptions { image_shape: Some(image_shape), validation_fraction: 0.0, seed: args.seed, ..Default::default() };
+    let splits = data::load(&source, &options)?;
+    let judge = judge::Judge::train(&judge::dataset_key(&source), &splits, args.epochs, args.seed, runtime.device)?;
+    judge.save(&args.models_dir)?;
+    println!("{}", serde_json::to_string_pretty(&judge.card)?);
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod cli;
 pub mod eval;
+pub mod judge;
 pub mod optim;
 
 use std::collections::BTreeMap;
@@ -414,6 +415,7 @@ pub fn train_and_publish(
     if let Some(accuracy) = test.accuracy {
         metrics.insert("test_accuracy".to_string(), accuracy);
     }
+    metrics.extend(judge_samples(places.models_dir, &judge::dataset_key(&source), &trained.model, options.seed, device));
     if let Some(last) = trained.history.last() {
         metrics.insert("epochs".to_string(), last.epoch as f64);
         let mean_seconds = trained.history.iter().map(|m| m.seconds).sum::<f64>() / trained.history.len() as f64;
@@ -432,6 +434,28 @@ pub fn train_and_publish(
     cancel.check_fence()?;
     let (version, path) = artifact::publish(places.models_dir, &trained.model, &manifest)?;
     Ok(Published { name: request.name.clone(), version, path, metrics, history: trained.history })
+}
+
+/// Samples a published model is scored on: as many as the MNIST test set, as the Fréchet
+/// distance is usually measured.
+pub const SCORED_SAMPLES: i64 = 10_000;
+
+/// The judge's metrics for a freshly trained model (label fidelity and Fréchet distance at
+/// temperature 1), when the dataset has a judge; none, logged, when it has not or cannot judge it.
+fn judge_samples(models_dir: &Path, dataset: &str, model: &LoadedModel, seed: u64, device: Device) -> BTreeMap<String, f64> {
+    let scored = judge::Judge::load(models_dir, dataset, device)
+        .and_then(|found| found.map(|judge| judge::score_samples(&judge, model, SCORED_SAMPLES, 1.0, seed)).transpose());
+    match scored {
+        Ok(Some(scores)) => scores.metrics(),
+        Ok(None) => {
+            tracing::info!(dataset, "no judge for this dataset, so no label fidelity or Fréchet distance (`vae-serve judge` makes one)");
+            BTreeMap::new()
+        }
+        Err(error) => {
+            tracing::warn!(dataset, %error, "the dataset's judge could not score this model");
+            BTreeMap::new()
+        }
+    }
 }
 
 /// Trains per `options` on `splits`. With `checkpoint_dir`, saves a checkpoint after every

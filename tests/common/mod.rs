@@ -181,6 +181,15 @@ pub fn models_with_default(dir: &Path) -> std::path::PathBuf {
     models
 }
 
+/// Puts a copy of the shipped MNIST judge into `models_dir/.judges`, so jobs there are scored.
+pub fn with_mnist_judge(models_dir: &Path) {
+    let judges = models_dir.join(".judges");
+    std::fs::create_dir_all(&judges).unwrap();
+    for file in ["mnist.json", "mnist.safetensors"] {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/.judges").join(file), judges.join(file)).unwrap();
+    }
+}
+
 /// The first `n` MNIST test digits as PNG files, with their labels.
 pub fn test_digits(n: usize) -> Vec<(Vec<u8>, i64)> {
     let source = vae_serve::data::resolve("mnist", &shared_data()).unwrap();

@@ -158,17 +158,33 @@ function renderDetails(manifest) {
     ["Classes", config.label_names.length ? config.label_names.join(", ") : "–"],
     ["Created", new Date(manifest.created_at).toLocaleString()],
   ];
+  const fidelity = labelFidelity(metrics);
   for (const [key, value] of Object.entries(metrics)) {
+    if (key.startsWith("label_fidelity")) continue;
     const shown = key.includes("accuracy") ? percent(value) : format(value);
     rows.push([key.replaceAll("_", " "), shown]);
+  }
+  if (metrics.label_fidelity != null) {
+    // Next to accuracy: how often a sample drawn for a class is judged that class.
+    const [worstName, worst] = Object.entries(fidelity).reduce((a, b) => (b[1] < a[1] ? b : a), ["", Infinity]);
+    const worstText = worstName ? ` (worst: ${worstName}, ${percent(worst)})` : "";
+    rows.push(["label fidelity", `${percent(metrics.label_fidelity)}${worstText}`]);
   }
   $("model-details").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", { text: String(v) })]));
 }
 
+/// Per class name, the fraction of its samples the dataset's judge called that class (from the manifest).
+function labelFidelity(metrics) {
+  const prefix = "label_fidelity.";
+  return Object.fromEntries(Object.entries(metrics).filter(([key]) => key.startsWith(prefix)).map(([key, value]) => [key.slice(prefix.length), value]));
+}
+
 function renderLabelControls() {
   const names = hasClassifier() ? labelNames() : [];
+  const fidelity = labelFidelity(state.model.manifest.metrics);
   const buttons = names.map((name, index) => {
     const button = el("button", { type: "button", "data-label": String(index), "aria-pressed": "false", text: name });
+    if (fidelity[name] != null) button.title = `${percent(fidelity[name])} of its samples are judged ${name}`;
     button.addEventListener("click", guarded(async () => {
       state.sampleLabel = index;
       await sample();

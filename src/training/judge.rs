@@ -1,0 +1,500 @@
+//! The judge: a small CNN classifier that shares nothing with the models it scores, trained once
+//! per dataset, deterministically. It answers two questions about a model's samples: does a
+//! sample drawn for label k look like a k (label fidelity), and how far are the samples from the
+//! test images in the judge's feature space (Fréchet distance, with the training images' own
+//! distance to the test images as the floor).
+//!
+//! A judge lives at `<models_dir>/.judges/<dataset>.safetensors` (weights, plus the test set's
+//! feature mean and covariance) with a card `<dataset>.json` saying how it was made and how good
+//! it is. The leading dot keeps it out of the model listing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::nn::{self, Module, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::augment::shift;
+use crate::data::{shuffled_indices, Dataset, Splits};
+use crate::models::{self, ImageShape, LoadedModel, ModelError};
+
+/// Channels of the judge's two conv stages (each followed by 2×2 max pooling), the grid the
+/// second's output is pooled to, and the width of the fully connected feature layer.
+const CHANNELS: [i64; 2] = [32, 64];
+const GRID: i64 = 7;
+const FEATURES: i64 = 128;
+const BATCH: i64 = 100;
+const LEARNING_RATE: f64 = 1e-3;
+/// Random whole-pixel shifts while training: a judge that only knows centred digits would call
+/// a slightly off-centre sample wrong.
+const AUGMENT_SHIFT: i64 = 2;
+pub const DEFAULT_EPOCHS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JudgeError {
+    #[error("judge {path}: {why}")]
+    Io { path: PathBuf, why: String },
+    #[error("the judge of `{dataset}` reads {judge} images with {judge_labels} labels; this model has {model} images with {model_labels} labels")]
+    Mismatch { dataset: String, judge: String, judge_labels: usize, model: String, model_labels: usize },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Torch(#[from] tch::TchError),
+}
+
+/// How a judge was made and how good it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JudgeCard {
+    /// The dataset's key (its directory name).
+    pub dataset: String,
+    pub image: ImageShape,
+    pub label_names: Vec<String>,
+    pub train_images: usize,
+    pub test_images: usize,
+    pub epochs: usize,
+    pub seed: u64,
+    pub test_accuracy: f64,
+    /// Fréchet distance between the training and the test images' features: the score real data
+    /// gets, below which no model can be expected to go.
+    pub frechet_floor: f64,
+    pub seconds: f64,
+}
+
+pub struct Judge {
+    vars: nn::VarStore,
+    net: JudgeNet,
+    /// Feature mean `[F]` and covariance `[F, F]` of the test images (float64).
+    reference_mean: Tensor,
+    reference_cov: Tensor,
+    pub card: JudgeCard,
+}
+
+struct JudgeNet {
+    stages: Vec<(nn::Conv2D, nn::BatchNorm)>,
+    features: nn::Linear,
+    features_bn: nn::BatchNorm,
+    logits: nn::Linear,
+}
+
+impl JudgeNet {
+    fn new(path: &nn::Path, channels: i64, classes: i64) -> Self {
+        let conv = nn::ConvConfig { padding: 1, ..Default::default() };
+        // Scale 1 as in torch (tch's default draws it at random, from torch's shared generator).
+        let bn = nn::BatchNormConfig { ws_init: nn::Init::Const(1.0), ..Default::default() };
+        let mut stages = Vec::new();
+        let mut input = channels;
+        for (i, &width) in CHANNELS.iter().enumerate() {
+            let stage = path / format!("stage{i}");
+            stages.push((nn::conv2d(&stage / "conv", input, width, 3, conv), nn::batch_norm2d(&stage / "bn", width, bn)));
+            input = width;
+        }
+        Self {
+            stages,
+            features: nn::linear(path / "features", input * GRID * GRID, FEATURES, Default::default()),
+            features_bn: nn::batch_norm1d(path / "features_bn", FEATURES, bn),
+            logits: nn::linear(path / "logits", FEATURES, classes, Default::default()),
+        }
+    }
+
+    /// The fully connected layer's activations `[B, F]`: the space Fréchet distances are measured in.
+    fn features(&self, images: &Tensor, train: bool) -> Tensor {
+        let mut h = images.shallow_clone();
+        for (conv, bn) in &self.stages {
+            h = h.apply(conv).apply_t(bn, train).relu().max_pool2d_default(2);
+        }
+        // Any image size ends on the same grid (28×28 already does: 28 → 14 → 7).
+        h.adaptive_avg_pool2d([GRID, GRID]).flatten(1, -1).apply(&self.features).apply_t(&self.features_bn, train).relu()
+    }
+}
+
+/// Where the judge of `dataset` (its key) is kept: weights and card.
+pub fn paths(models_dir: &Path, dataset: &str) -> (PathBuf, PathBuf) {
+    let dir = models_dir.join(".judges");
+    (dir.join(format!("{dataset}.safetensors")), dir.join(format!("{dataset}.json")))
+}
+
+/// The key a dataset's judge is filed under: the name of the directory it was found in.
+pub fn dataset_key(source: &crate::data::DatasetSource) -> String {
+    source.path().file_name().map_or_else(|| "dataset".to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+fn io_error(path: &Path, why: impl ToString) -> JudgeError {
+    JudgeError::Io { path: path.to_path_buf(), why: why.to_string() }
+}
+
+impl Judge {
+    fn build(card: JudgeCard, device: Device) -> Self {
+        let vars = nn::VarStore::new(device);
+        let net = JudgeNet::new(&(vars.root() / "judge"), card.image.channels, card.label_names.len() as i64);
+        let options = (Kind::Double, device);
+        Self {
+            vars,
+            net,
+            reference_mean: Tensor::zeros([FEATURES], options),
+            reference_cov: Tensor::zeros([FEATURES, FEATURES], options),
+            card,
+        }
+    }
+
+    /// Trains a judge on the training split (every image, shifted by up to ±2 px) and measures
+    /// it on the test split. Deterministic for a given seed, data and thread count: its random
+    /// numbers come from its own generator, not torch's process-wide one, which anything else
+    /// running at the same time (a training job, another test) draws from.
+    pub fn train(dataset: &str, splits: &Splits, epochs: usize, seed: u64, device: Device) -> Result<Self, JudgeError> {
+        let started = Instant::now();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let card = JudgeCard {
+            dataset: dataset.to_string(),
+            image: splits.shape.clone(),
+            label_names: splits.label_names.clone(),
+            train_images: splits.train.len(),
+            test_images: splits.test.len(),
+            epochs,
+            seed,
+            test_accuracy: 0.0,
+            frechet_floor: 0.0,
+            seconds: 0.0,
+        };
+        let mut judge = Self::build(card, device);
+        judge.initialise(&mut rng);
+        let mut optimizer = nn::Adam::default().build(&judge.vars, LEARNING_RATE)?;
+        let train = splits.train.to_device(device);
+        let n = train.len() as i64;
+        let steps_per_epoch = (n + BATCH - 1) / BATCH;
+        let total_steps = (steps_per_epoch * epochs as i64).max(1);
+        let mut step = 0;
+        for epoch in 0..epochs {
+            let order = Tensor::from_slice(&shuffled_indices(n as usize, seed.wrapping_add(epoch as u64))).to_device(device);
+            for start in (0..n).step_by(BATCH as usize) {
+                let index = order.narrow(0, start, BATCH.min(n - start));
+                let offsets: Vec<i64> = (0..2 * index.size()[0]).map(|_| rng.random_range(-AUGMENT_SHIFT..=AUGMENT_SHIFT)).collect();
+                let images = shift(&train.images.index_select(0, &index), &Tensor::from_slice(&offsets).view([-1, 2]).to_device(device));
+                let labels = train.labels.index_select(0, &index);
+                let logits = judge.net.logits.forward(&judge.net.features(&images, true));
+                let loss = logits.cross_entropy_for_logits(&labels);
+                // Cosine decay to zero over the run.
+                optimizer.set_lr(LEARNING_RATE * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total_steps as f64).cos()));
+                optimizer.backward_step(&loss);
+                step += 1;
+            }
+        }
+        judge.vars.freeze();
+        let test = splits.test.to_device(device);
+        let (test_features, accuracy) = judge.features_and_accuracy(&test);
+        let (train_features, _) = judge.features_and_accuracy(&train);
+        let (mean, cov) = moments(&test_features);
+        judge.card.frechet_floor = frechet_distance(&moments(&train_features), &(mean.shallow_clone(), cov.shallow_clone()));
+        judge.card.test_accuracy = accuracy;
+        judge.reference_mean = mean;
+        judge.reference_cov = cov;
+        judge.card.seconds = started.elapsed().as_secs_f64();
+        Ok(judge)
+    }
+
+    /// Every conv and linear layer's weights and biases uniform in ±1/√fan-in (torch's default
+    /// scale), drawn from `rng`; batch norm keeps its fixed start.
+    fn initialise(&mut self, rng: &mut ChaCha8Rng) {
+        let variables: BTreeMap<String, Tensor> = self.vars.variables().into_iter().collect();
+        tch::no_grad(|| {
+            for (name, weight) in variables.iter().filter(|(name, w)| name.ends_with(".weight") && w.dim() >= 2) {
+                let size = weight.size();
+                let fan_in: i64 = size[1..].iter().product();
+                let bound = 1.0 / (fan_in as f64).sqrt();
+                let bias = variables.get(&name.replace(".weight", ".bias"));
+                for mut tensor in std::iter::once(weight).chain(bias).map(Tensor::shallow_clone) {
+                    let values: Vec<f32> = (0..tensor.numel()).map(|_| rng.random_range(-bound..bound) as f32).collect();
+                    tensor.copy_(&Tensor::from_slice(&values).view(tensor.size().as_slice()));
+                }
+            }
+        });
+    }
+
+    /// Features of every image `[N, F]` (float64) and the fraction classified as labelled.
+    fn features_and_accuracy(&self, data: &Dataset) -> (Tensor, f64) {
+        let features = self.features(&data.images);
+        let predicted = self.net.logits.forward(&features.to_kind(Kind::Float)).argmax(1, false);
+        let correct = predicted.eq_tensor(&data.labels).sum(Kind::Int64).int64_value(&[]);
+        (features, correct as f64 / data.len().max(1) as f64)
+    }
+
+    /// Features `[N, F]` (float64) of images `[N, C, H, W]`, in inference mode.
+    fn features(&self, images: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            let n = images.size()[0];
+            let chunks: Vec<Tensor> = (0..n)
+                .step_by(500)
+                .map(|start| self.net.features(&images.narrow(0, start, 500.min(n - start)), false).to_kind(Kind::Double))
+                .collect();
+            Tensor::cat(&chunks, 0)
+        })
+    }
+
+    /// The judge's label for each image `[N]`.
+    pub fn classify(&self, images: &Tensor) -> Tensor {
+        tch::no_grad(|| self.net.logits.forward(&self.features(images).to_kind(Kind::Float)).argmax(1, false))
+    }
+
+    pub fn save(&self, models_dir: &Path) -> Result<(), JudgeError> {
+        let (weights, card) = paths(models_dir, &self.card.dataset);
+        let dir = weights.parent().expect("inside .judges");
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let mut named: Vec<(String, Tensor)> = self.vars.variables().into_iter().collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        named.push(("reference.mean".into(), self.reference_mean.shallow_clone()));
+        named.push(("reference.cov".into(), self.reference_cov.shallow_clone()));
+        Tensor::write_safetensors(&named, &weights).map_err(|e| io_error(&weights, e))?;
+        let json = serde_json::to_vec_pretty(&self.card).map_err(|e| io_error(&card, e))?;
+        std::fs::write(&card, json).map_err(|e| io_error(&card, e))
+    }
+
+    /// The judge of `dataset`, if one was made.
+    pub fn load(models_dir: &Path, dataset: &str, device: Device) -> Result<Option<Self>, JudgeError> {
+        let (weights, card_path) = paths(models_dir, dataset);
+        if !weights.is_file() {
+            return Ok(None);
+        }
+        let card_bytes = std::fs::read(&card_path).map_err(|e| io_error(&card_path, e))?;
+        let card: JudgeCard = serde_json::from_slice(&card_bytes).map_err(|e| io_error(&card_path, e))?;
+        let mut judge = Self::build(card, device);
+        let mut stored: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(&weights).map_err(|e| io_error(&weights, e))?.into_iter().collect();
+        let mut take = |name: &str, expected: &[i64]| -> Result<Tensor, JudgeError> {
+            match stored.remove(name) {
+                Some(t) if t.size() == expected => Ok(t.to_device(device)),
+                Some(t) => Err(io_error(&weights, format!("{name} has shape {:?}, expected {expected:?}", t.size()))),
+                None => Err(io_error(&weights, format!("{name} is missing"))),
+            }
+        };
+        tch::no_grad(|| -> Result<(), JudgeError> {
+            for (name, mut var) in judge.vars.variables() {
+                var.copy_(&take(&name, &var.size())?);
+            }
+            Ok(())
+        })?;
+        judge.reference_mean = take("reference.mean", &judge.reference_mean.size())?;
+        judge.reference_cov = take("reference.cov", &judge.reference_cov.size())?;
+        judge.vars.freeze();
+        Ok(Some(judge))
+    }
+}
+
+/// Label fidelity: of the samples drawn with label k clamped, the fraction the judge calls k.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelFidelity {
+    pub overall: f64,
+    /// Per label name.
+    pub per_label: BTreeMap<String, f64>,
+}
+
+impl LabelFidelity {
+    /// The label its samples keep least often.
+    pub fn worst(&self) -> Option<(&String, f64)> {
+        self.per_label.iter().map(|(label, &value)| (label, value)).min_by(|a, b| a.1.total_cmp(&b.1))
+    }
+}
+
+/// What the judge says about a model's samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampleScores {
+    pub samples: i64,
+    pub temperature: f64,
+    /// For models with labels.
+    pub label_fidelity: Option<LabelFidelity>,
+    /// Between the samples and the test images, in the judge's feature space.
+    pub frechet_distance: f64,
+    /// The training images' distance to the test images.
+    pub frechet_floor: f64,
+    pub judge_test_accuracy: f64,
+}
+
+impl SampleScores {
+    /// As manifest metrics: `label_fidelity`, `label_fidelity_worst`, `label_fidelity.<label>`,
+    /// `frechet_distance`, `frechet_floor`, `judge_test_accuracy`.
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        let mut metrics = BTreeMap::from([
+            ("frechet_distance".to_string(), self.frechet_distance),
+            ("frechet_floor".to_string(), self.frechet_floor),
+            ("judge_test_accuracy".to_string(), self.judge_test_accuracy),
+        ]);
+        if let Some(fidelity) = &self.label_fidelity {
+            metrics.insert("label_fidelity".into(), fidelity.overall);
+            if let Some((_, worst)) = fidelity.worst() {
+                metrics.insert("label_fidelity_worst".into(), worst);
+            }
+            for (label, value) in &fidelity.per_label {
+                metrics.insert(format!("label_fidelity.{label}"), *value);
+            }
+        }
+        metrics
+    }
+}
+
+/// Scores `samples` draws from `loaded` at `temperature` (spread evenly over the labels for a
+/// model with labels, which the judge must share), seeded so a model's scores are reproducible.
+pub fn score_samples(judge: &Judge, loaded: &LoadedModel, samples: i64, temperature: f64, seed: u64) -> Result<SampleScores, JudgeError> {
+    let config = loaded.model.config();
+    let labelled = config.architecture == models::Architecture::SemiSupervised;
+    if config.image != judge.card.image || (labelled && config.label_names.len() != judge.card.label_names.len()) {
+        let shape = |s: &ImageShape| format!("{}x{}x{}", s.channels, s.height, s.width);
+        return Err(JudgeError::Mismatch {
+            dataset: judge.card.dataset.clone(),
+            judge: shape(&judge.card.image),
+            judge_labels: judge.card.label_names.len(),
+            model: shape(&config.image),
+            model_labels: config.label_names.len(),
+        });
+    }
+    tch::manual_seed(seed as i64);
+    let draw = |n: i64, label: Option<i64>| -> Result<Tensor, JudgeError> {
+        let chunks = (0..n)
+            .step_by(500)
+            .map(|start| tch::no_grad(|| models::sample(loaded, 500.min(n - start), label, temperature)).map(|(_, images)| images))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Tensor::cat(&chunks, 0))
+    };
+    let (images, label_fidelity) = if labelled {
+        let k = config.num_classes();
+        let per_label = (samples / k).max(1);
+        let mut drawn = Vec::new();
+        let mut kept = BTreeMap::new();
+        for label in 0..k {
+            let images = draw(per_label, Some(label))?;
+            let hits = judge.classify(&images).eq(label).sum(Kind::Int64).int64_value(&[]);
+            kept.insert(config.label_names[label as usize].clone(), hits as f64 / per_label as f64);
+            drawn.push(images);
+        }
+        let overall = kept.values().sum::<f64>() / k as f64;
+        (Tensor::cat(&drawn, 0), Some(LabelFidelity { overall, per_label: kept }))
+    } else {
+        (draw(samples, None)?, None)
+    };
+    let reference = (judge.reference_mean.shallow_clone(), judge.reference_cov.shallow_clone());
+    Ok(SampleScores {
+        samples: images.size()[0],
+        temperature,
+        label_fidelity,
+        frechet_distance: frechet_distance(&moments(&judge.features(&images)), &reference),
+        frechet_floor: judge.card.frechet_floor,
+        judge_test_accuracy: judge.card.test_accuracy,
+    })
+}
+
+/// Mean `[F]` and covariance `[F, F]` (unbiased) of rows `[N, F]`, float64.
+fn moments(features: &Tensor) -> (Tensor, Tensor) {
+    let features = features.to_kind(Kind::Double);
+    let mean = features.mean_dim(0, false, Kind::Double);
+    let centred = &features - &mean;
+    let n = features.size()[0];
+    let cov = centred.transpose(0, 1).matmul(&centred) / (n - 1).max(1) as f64;
+    (mean, cov)
+}
+
+/// Fréchet distance between Gaussians N(μ₁, Σ₁) and N(μ₂, Σ₂):
+/// |μ₁ − μ₂|² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^½ Σ₂ Σ₁^½)^½, square roots through symmetric
+/// eigendecompositions (negative round-off eigenvalues clamped to zero).
+pub fn frechet_distance((mean1, cov1): &(Tensor, Tensor), (mean2, cov2): &(Tensor, Tensor)) -> f64 {
+    let psd_sqrt = |m: &Tensor| {
+        let (values, vectors) = ((m + m.transpose(0, 1)) * 0.5).linalg_eigh("L");
+        vectors.matmul(&values.clamp_min(0.0).sqrt().diag_embed(0, -2, -1)).matmul(&vectors.transpose(0, 1))
+    };
+    let root1 = psd_sqrt(cov1);
+    let inner = root1.matmul(cov2).matmul(&root1);
+    let (values, _) = ((&inner + inner.transpose(0, 1)) * 0.5).linalg_eigh("L");
+    let cross = values.clamp_min(0.0).sqrt().sum(Kind::Double);
+    let squared = (mean1 - mean2).square().sum(Kind::Double);
+    (squared + cov1.trace() + cov2.trace() - cross * 2.0).double_value(&[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frechet_distance_of_diagonal_gaussians_has_its_closed_form() {
+        let options = (Kind::Double, Device::Cpu);
+        let mean1 = Tensor::from_slice(&[0.0, 1.0, 2.0]).to_kind(Kind::Double);
+        let mean2 = Tensor::from_slice(&[1.0, 1.0, 0.0]).to_kind(Kind::Double);
+        let var1 = [1.0, 4.0, 9.0];
+        let var2 = [4.0, 4.0, 1.0];
+        let cov = |v: &[f64; 3]| Tensor::from_slice(v).to_kind(Kind::Double).diag_embed(0, -2, -1);
+        // Σ (μ₁ − μ₂)² + Σ (σ₁ − σ₂)² = (1 + 0 + 4) + (1 + 0 + 4).
+        let distance = frechet_distance(&(mean1.shallow_clone(), cov(&var1)), &(mean2, cov(&var2)));
+        assert!((distance - 10.0).abs() < 1e-9, "{distance}");
+        let same = frechet_distance(&(mean1.shallow_clone(), cov(&var1)), &(mean1, cov(&var1)));
+        assert!(same.abs() < 1e-9, "{same}");
+        // A full covariance against itself, rotated samples included, is zero too.
+        tch::manual_seed(1);
+        let a = Tensor::randn([4, 4], options);
+        let full = a.matmul(&a.transpose(0, 1));
+        let zero = Tensor::zeros([4], options);
+        assert!(frechet_distance(&(zero.shallow_clone(), full.shallow_clone()), &(zero, full)).abs() < 1e-6);
+    }
+
+    fn mnist_slice(train: usize, test: usize) -> Splits {
+        let source = crate::data::resolve("mnist", &crate::data::shared_data_dir()).unwrap();
+        let options = crate::data::DataOptions { validation_fraction: 0.0, max_train: Some(train), ..Default::default() };
+        let splits = crate::data::load(&source, &options).unwrap();
+        Splits { test: splits.test.first(test), ..splits }
+    }
+
+    #[test]
+    fn a_judge_is_retrained_bit_for_bit_and_reloads_as_it_was_saved() {
+        let splits = mnist_slice(2000, 500);
+        let first = Judge::train("mnist", &splits, 2, 7, Device::Cpu).unwrap();
+        let second = Judge::train("mnist", &splits, 2, 7, Device::Cpu).unwrap();
+        let weights = |judge: &Judge| -> BTreeMap<String, Tensor> { judge.vars.variables().into_iter().collect() };
+        let (a, b) = (weights(&first), weights(&second));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, tensor) in &a {
+            assert!(tensor.equal(&b[name]), "{name} differs between two trainings with the same seed");
+        }
+        assert_eq!((first.card.test_accuracy, first.card.frechet_floor), (second.card.test_accuracy, second.card.frechet_floor));
+        assert!(first.card.test_accuracy > 0.3, "two epochs on 2000 digits: {}", first.card.test_accuracy);
+        assert!(first.card.frechet_floor > 0.0);
+
+        let dir = tempfile::tempdir().unwrap();
+        first.save(dir.path()).unwrap();
+        let loaded = Judge::load(dir.path(), "mnist", Device::Cpu).unwrap().expect("saved judge");
+        assert_eq!(loaded.card, first.card);
+        assert!(loaded.classify(&splits.test.images).equal(&first.classify(&splits.test.images)));
+        assert!(loaded.reference_cov.equal(&first.reference_cov));
+        assert!(Judge::load(dir.path(), "fashion-mnist", Device::Cpu).unwrap().is_none());
+        let other = Judge::train("other", &splits, 1, 8, Device::Cpu).unwrap();
+        assert!(!other.vars.variables()["judge.logits.weight"].equal(&a["judge.logits.weight"]), "the seed matters");
+    }
+
+    #[test]
+    fn the_shipped_model_keeps_its_labels_far_more_often_than_an_untrained_one() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let judge = Judge::load(&models, "mnist", Device::Cpu).unwrap().expect("the shipped MNIST judge");
+        assert!(judge.card.test_accuracy > 0.985, "{:?}", judge.card);
+        let (_, shipped) = models::artifact::load(&models.join("mnist-ssvae/v1"), Device::Cpu).unwrap();
+        let trained = score_samples(&judge, &shipped, 2000, 1.0, 0).unwrap();
+        let untrained = score_samples(&judge, &models::build(shipped.model.config(), Device::Cpu).unwrap(), 2000, 1.0, 0).unwrap();
+        let (kept, chance) = (trained.label_fidelity.clone().unwrap(), untrained.label_fidelity.clone().unwrap());
+        assert_eq!(kept.per_label.len(), 10);
+        assert!(kept.overall > 0.5 && chance.overall < 0.2, "shipped {kept:?}, untrained {chance:?}");
+        assert!(trained.frechet_distance < untrained.frechet_distance / 10.0, "{trained:?} {untrained:?}");
+        assert!(trained.frechet_distance > judge.card.frechet_floor);
+
+        let mlp = models::build(&models::ModelConfig::default(), Device::Cpu).unwrap();
+        let unlabelled = score_samples(&judge, &mlp, 600, 1.0, 0).unwrap();
+        assert!(unlabelled.label_fidelity.is_none() && unlabelled.samples == 600);
+        let rgb = models::ModelConfig { image: ImageShape { channels: 3, height: 32, width: 32 }, ..Default::default() };
+        let mismatch = score_samples(&judge, &models::build(&rgb, Device::Cpu).unwrap(), 100, 1.0, 0).err().unwrap().to_string();
+        assert!(mismatch.contains("1x28x28") && mismatch.contains("3x32x32"), "{mismatch}");
+    }
+
+    #[test]
+    fn moments_are_the_sample_mean_and_unbiased_covariance() {
+        let rows = Tensor::from_slice(&[1.0, 2.0, 3.0, 6.0]).to_kind(Kind::Double).view([2, 2]);
+        let (mean, cov) = moments(&rows);
+        assert_eq!(Vec::<f64>::try_from(&mean).unwrap(), vec![2.0, 4.0]);
+        assert_eq!(Vec::<f64>::try_from(cov.view([-1])).unwrap(), vec![2.0, 4.0, 4.0, 8.0]);
+    }
+}
