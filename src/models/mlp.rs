@@ -37,6 +37,15 @@ impl BnMlp {
         }
     }
 
+    /// The inference-mode function with its weights held fixed: the gradient reaches the input
+    /// only, for a term that trains what feeds this stack and not the stack.
+    pub fn forward_frozen(&self, x: &Tensor) -> Tensor {
+        self.layers.iter().fold(x.shallow_clone(), |h, (linear, bn)| {
+            let (weight, bias) = bn.fold_into(linear);
+            h.linear(&weight, Some(&bias)).relu()
+        })
+    }
+
     pub fn quantize(&mut self) -> Result<(), ModelError> {
         let blocks = self.layers.iter().map(|(linear, bn)| {
             let (weight, bias) = bn.fold_into(linear);

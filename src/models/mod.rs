@@ -78,6 +78,10 @@ pub struct ModelConfig {
     pub unlabeled_objective: UnlabeledObjective,
     /// Semi-supervised only: weight α of the labelled cross-entropy term.
     pub classifier_weight: f64,
+    /// Semi-supervised only: weight γ of the label-consistency term, the cross-entropy between a
+    /// random label y and what the model's own classifier (held fixed) reads in the decoder's
+    /// output for a prior code and y clamped; it makes the label, not z, decide the class.
+    pub label_consistency_weight: f64,
 }
 
 impl Default for ModelConfig {
@@ -92,6 +96,7 @@ impl Default for ModelConfig {
             label_names: (0..10).map(|d| d.to_string()).collect(),
             unlabeled_objective: UnlabeledObjective::Marginalize,
             classifier_weight: 1.0,
+            label_consistency_weight: 0.0,
         }
     }
 }
@@ -118,6 +123,9 @@ impl ModelConfig {
             if layers::stage_sides(height, width, stages)[..stages].iter().any(|&[h, w]| h < 2 || w < 2) {
                 return fail(format!("conv: {stages} stages halve the image {stages} times; {height}x{width} is too small for that"));
             }
+        }
+        if !(self.label_consistency_weight.is_finite() && self.label_consistency_weight >= 0.0) {
+            return fail(format!("label_consistency_weight {} must be finite and ≥ 0", self.label_consistency_weight));
         }
         if self.architecture == Architecture::SemiSupervised && self.label_names.len() < 2 {
             return fail("a semi-supervised model needs at least two label names".into());

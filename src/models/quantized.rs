@@ -96,6 +96,11 @@ impl Dense {
         }
     }
 
+    /// The float function with its weights held fixed (see `BnMlp::forward_frozen`).
+    pub fn forward_frozen(&self, x: &Tensor) -> Tensor {
+        x.linear(&self.linear.ws.detach(), self.linear.bs.as_ref().map(Tensor::detach).as_ref())
+    }
+
     pub fn quantize(&mut self) -> Result<(), ModelError> {
         self.int8 = Some(QuantizedLinear::new(&self.linear.ws, self.linear.bs.as_ref())?);
         Ok(())

@@ -6,6 +6,10 @@
 //! - `predicted-label` (the course project): −ELBO(x, y') with y' = q(y|x) fed to the decoder.
 //!
 //! −ELBO(x, y) includes −log p(y) = log K for the uniform label prior, so it bounds −log p(x, y).
+//!
+//! With γ > 0 (`label_consistency_weight`), training adds γ·CE(q(y|x̂), y) for x̂ decoded from a
+//! prior code and a random label y clamped, the classifier held fixed: the decoder learns to
+//! draw the class it is given, so z cannot override y when sampling.
 
 use tch::{nn, Kind, Tensor};
 
@@ -69,7 +73,27 @@ impl Vae for SemiSupervisedVae {
     }
 
     fn objective(&self, images: &Tensor, classifier_view: Option<&Tensor>, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
-        objective(self, images, classifier_view, labels, kl_weight, train)
+        let mut batch = objective(self, images, classifier_view, labels, kl_weight, train);
+        let weight = self.config().label_consistency_weight;
+        if train && weight > 0.0 {
+            batch.loss = batch.loss + self.label_consistency(images.size()[0], images.device()) * weight;
+        }
+        batch
+    }
+}
+
+impl SemiSupervisedVae {
+    /// Mean CE(q(y|x̂), y) over `n` prior codes with random labels y, x̂ their decoded images as
+    /// served (population batch norm), q the classifier held fixed, so only the decoder learns
+    /// from it and the classifier cannot learn to read whatever the decoder draws.
+    fn label_consistency(&self, n: i64, device: tch::Device) -> Tensor {
+        let config = self.config();
+        let labels = Tensor::randint(config.num_classes(), [n], (Kind::Int64, device));
+        let z = Tensor::randn([n, config.latent_dim], (Kind::Float, device));
+        let onehot = labels.one_hot(config.num_classes()).to_kind(Kind::Float);
+        let drawn = super::intensities(config, &self.vae.decode(&z, Some(&onehot), false));
+        let logits = self.classifier_out.forward_frozen(&self.classifier.forward_frozen(&drawn.flatten(1, -1)));
+        logits.cross_entropy_for_logits(&labels)
     }
 }
 
@@ -128,4 +152,40 @@ pub fn objective(
     let negative_elbo = &reconstruction_mean + &kl_mean + log_k;
     let loss = &reconstruction_mean + &kl_mean * kl_weight + &classification * config.classifier_weight * (n_labelled / batch as f64);
     BatchObjective { loss, negative_elbo, reconstruction: reconstruction_mean, kl: kl_mean, classification: Some(classification) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{Architecture, BnControl};
+
+    #[test]
+    fn label_consistency_trains_the_decoder_through_a_fixed_classifier() {
+        let config = ModelConfig {
+            architecture: Architecture::SemiSupervised,
+            hidden: vec![32],
+            latent_dim: 4,
+            label_consistency_weight: 3.0,
+            ..Default::default()
+        };
+        let vars = nn::VarStore::new(tch::Device::Cpu);
+        let model = SemiSupervisedVae::new(&vars.root(), config, &BnControl::default());
+        model.label_consistency(16, tch::Device::Cpu).backward();
+        let gradient_under = |prefix: &str| -> f64 {
+            vars.variables()
+                .iter()
+                .filter(|(name, v)| name.starts_with(prefix) && v.requires_grad() && v.grad().defined())
+                .map(|(_, v)| v.grad().abs().sum(Kind::Float).double_value(&[]))
+                .sum()
+        };
+        assert!(gradient_under("decoder") > 0.0, "the decoder learns from it");
+        assert_eq!(gradient_under("classifier"), 0.0, "the classifier is held fixed");
+        assert_eq!(gradient_under("encoder"), 0.0, "the encoder plays no part");
+
+        // Held fixed means: the served (inference-mode) classifier's function, weights detached.
+        let x = Tensor::rand([8, 784], (Kind::Float, tch::Device::Cpu));
+        let served = model.classifier_out.forward(&model.classifier.forward(&x, false), false);
+        let frozen = model.classifier_out.forward_frozen(&model.classifier.forward_frozen(&x));
+        assert!(served.allclose(&frozen, 1e-5, 1e-5, false));
+    }
 }

@@ -97,6 +97,9 @@ pub struct TrainArgs {
     /// Semi-supervised: weight α of the labelled cross-entropy.
     #[arg(long)]
     pub classifier_weight: Option<f64>,
+    /// Semi-supervised: weight γ of the label-consistency term (0: off).
+    #[arg(long)]
+    pub label_consistency_weight: Option<f64>,
     /// Semi-supervised: random whole-pixel shifts, up to this many pixels per axis, of what the
     /// classifier sees while training (0: off).
     #[arg(long)]
@@ -143,6 +146,7 @@ impl TrainArgs {
         set(&mut model, "conv_channels", self.conv_channels.as_ref().map(json_of));
         set(&mut model, "unlabeled_objective", self.unlabeled_objective.as_ref().map(json_of));
         set(&mut model, "classifier_weight", self.classifier_weight.as_ref().map(json_of));
+        set(&mut model, "label_consistency_weight", self.label_consistency_weight.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
             LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
