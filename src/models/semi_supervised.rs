@@ -76,7 +76,7 @@ impl Vae for SemiSupervisedVae {
         let mut batch = objective(self, images, classifier_view, labels, kl_weight, train);
         let weight = self.config().label_consistency_weight;
         if train && weight > 0.0 {
-            batch.loss = batch.loss + self.label_consistency(images.size()[0], images.device()) * weight;
+            batch.loss += self.label_consistency(images.size()[0], images.device()) * weight;
         }
         batch
     }
