@@ -41,9 +41,10 @@ fn the_server_does_what_its_openapi_document_says() {
         // which every inference answer is a (documented, correct) 503 that the run counts as a
         // server error.
         .args(["--exclude-operation-id", "set_default"])
-        // One worker: schemathesis' workers are threads, and Debian's Python 3.11.2 can fail
-        // parsing in two threads at once ("AST constructor recursion depth mismatch",
-        // CPython gh-106905, fixed in 3.11.5), which is how CI once reported an error here.
+        // One worker: schemathesis' workers are threads, and this Python (3.11.7) can raise
+        // SystemError "AST constructor recursion depth mismatch" when threads build ASTs at the
+        // same time (hypothesis parses sources to describe its strategies; see CPython
+        // gh-106905), which is how a CI run once reported an error here with no API fault.
         .args(["--max-examples", "50", "--generation-deterministic", "--workers", "1"])
         .env("NO_COLOR", "1")
         .output()
