@@ -230,11 +230,9 @@ fn bad_input_gets_clear_problems_and_never_hurts_the_worker() {
 #[test]
 fn an_unconditional_model_refuses_labels_and_classification_with_a_pointer() {
     let dir = tempfile::tempdir().unwrap();
-    let output = std::process::Command::new(common::BINARY)
-        .args([
+    common::run_cli(
+        &[
             "train",
-            "--device",
-            "cpu",
             "--dataset",
             "mnist",
             "--architecture",
@@ -249,14 +247,9 @@ fn an_unconditional_model_refuses_labels_and_classification_with_a_pointer() {
             "32",
             "--latent-dim",
             "4",
-        ])
-        .arg("--models-dir")
-        .arg(dir.path())
-        .arg("--data-dir")
-        .arg(common::shared_data())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        ],
+        dir.path(),
+    );
     let server =
         Server::start(ServerOptions { models_dir: Some(dir.path().to_path_buf()), default_model: "plain".into(), ..Default::default() });
     server.wait_ready();

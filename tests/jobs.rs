@@ -265,15 +265,7 @@ fn a_request_without_options_trains_exactly_what_the_command_line_without_flags_
     // Only the data are narrowed (to keep the test short); the options are nobody's but the recipe's.
     let posted = json!({"name": "by-request", "dataset": "mnist", "data": {"max_train": 200}});
     let id = submit(&server, &posted).json::<Value>().unwrap()["job"]["id"].as_i64().unwrap();
-    let cli = std::process::Command::new(common::BINARY)
-        .args(["train", "--device", "cpu", "--dataset", "mnist", "--name", "by-flags", "--max-train", "200"])
-        .arg("--models-dir")
-        .arg(&models)
-        .arg("--data-dir")
-        .arg(common::shared_data())
-        .output()
-        .unwrap();
-    assert!(cli.status.success(), "{}", String::from_utf8_lossy(&cli.stderr));
+    common::run_cli(&["train", "--dataset", "mnist", "--name", "by-flags", "--max-train", "200"], &models);
     let done = wait_for_state(&server, id, &["succeeded", "failed"], Duration::from_secs(300));
     assert_eq!(done["state"], "succeeded", "{done}");
     let manifest =
@@ -318,17 +310,8 @@ fn a_finished_job_is_scored_by_the_datasets_judge_as_eval_scores_it() {
     assert!(metric("frechet_distance") > metric("frechet_floor") && metric("frechet_floor") > 0.0);
 
     // `vae-serve eval` scores the published model with the same judge, samples and seed.
-    let output = std::process::Command::new(common::BINARY)
-        .args(["eval", "--device", "cpu", "--iwae-samples", "0", "--limit", "500"])
-        .arg("--model")
-        .arg(models.join("judged/v1"))
-        .arg("--models-dir")
-        .arg(&models)
-        .arg("--data-dir")
-        .arg(common::shared_data())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let model = models.join("judged/v1");
+    let output = common::run_cli(&["eval", "--iwae-samples", "0", "--limit", "500", "--model", model.to_str().unwrap()], &models);
     let report: Value = serde_json::from_slice(&output.stdout).unwrap();
     let scored = &report["samples"];
     assert_eq!(scored["samples"], 10_000);

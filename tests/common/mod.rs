@@ -158,16 +158,43 @@ pub fn train_tiny_model(models_dir: &Path, name: &str) {
 
 /// As `train_tiny_model`, with any architecture.
 pub fn train_tiny(models_dir: &Path, name: &str, architecture: &str) {
+    run_cli(
+        &[
+            "train",
+            "--dataset",
+            "mnist",
+            "--architecture",
+            architecture,
+            "--name",
+            name,
+            "--epochs",
+            "1",
+            "--max-train",
+            "1000",
+            "--hidden",
+            "64",
+            "--latent-dim",
+            "8",
+            "--labeled",
+            "100",
+        ],
+        models_dir,
+    );
+}
+
+/// Runs `vae-serve <args>` on the CPU with `models_dir` and the shared data, and requires it to
+/// succeed; returns what it printed.
+pub fn run_cli(args: &[&str], models_dir: &Path) -> std::process::Output {
     let output = Command::new(BINARY)
-        .args(["train", "--device", "cpu", "--dataset", "mnist", "--architecture", architecture])
-        .args(["--name", name, "--epochs", "1", "--max-train", "1000", "--hidden", "64", "--latent-dim", "8", "--labeled", "100"])
-        .arg("--models-dir")
+        .args(args)
+        .args(["--device", "cpu", "--models-dir"])
         .arg(models_dir)
         .arg("--data-dir")
         .arg(shared_data())
         .output()
-        .expect("running vae-serve train");
-    assert!(output.status.success(), "training failed: {}", String::from_utf8_lossy(&output.stderr));
+        .expect("running vae-serve");
+    assert!(output.status.success(), "vae-serve {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    output
 }
 
 /// A models directory holding a copy of the shipped default model (jobs publish next to it).
