@@ -217,8 +217,7 @@ impl Judge {
     /// Features of every image `[N, F]` (float64) and the fraction classified as labelled.
     fn features_and_accuracy(&self, data: &Dataset) -> (Tensor, f64) {
         let features = self.features(&data.images);
-        let predicted = self.net.logits.forward(&features.to_kind(Kind::Float)).argmax(1, false);
-        let correct = predicted.eq_tensor(&data.labels).sum(Kind::Int64).int64_value(&[]);
+        let correct = self.predict(&features).eq_tensor(&data.labels).sum(Kind::Int64).int64_value(&[]);
         (features, correct as f64 / data.len().max(1) as f64)
     }
 
@@ -234,9 +233,9 @@ impl Judge {
         })
     }
 
-    /// The judge's label for each image `[N]`.
-    pub fn classify(&self, images: &Tensor) -> Tensor {
-        tch::no_grad(|| self.net.logits.forward(&self.features(images).to_kind(Kind::Float)).argmax(1, false))
+    /// The judge's label `[N]` for each row of features `[N, F]`.
+    fn predict(&self, features: &Tensor) -> Tensor {
+        tch::no_grad(|| self.net.logits.forward(&features.to_kind(Kind::Float)).argmax(1, false))
     }
 
     pub fn save(&self, models_dir: &Path) -> Result<(), JudgeError> {
@@ -357,28 +356,29 @@ pub fn score_samples(judge: &Judge, loaded: &LoadedModel, samples: i64, temperat
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::cat(&chunks, 0))
     };
-    let (images, label_fidelity) = if labelled {
+    // Features of every sample, computed once: the labels and the Fréchet distance both read them.
+    let (features, label_fidelity) = if labelled {
         let k = config.num_classes();
         let per_label = (samples / k).max(1);
         let mut drawn = Vec::new();
         let mut kept = BTreeMap::new();
         for label in 0..k {
-            let images = draw(per_label, Some(label))?;
-            let hits = judge.classify(&images).eq(label).sum(Kind::Int64).int64_value(&[]);
+            let features = judge.features(&draw(per_label, Some(label))?);
+            let hits = judge.predict(&features).eq(label).sum(Kind::Int64).int64_value(&[]);
             kept.insert(config.label_names[label as usize].clone(), hits as f64 / per_label as f64);
-            drawn.push(images);
+            drawn.push(features);
         }
         let overall = kept.values().sum::<f64>() / k as f64;
         (Tensor::cat(&drawn, 0), Some(LabelFidelity { overall, per_label: kept }))
     } else {
-        (draw(samples, None)?, None)
+        (judge.features(&draw(samples, None)?), None)
     };
     let reference = (judge.reference_mean.shallow_clone(), judge.reference_cov.shallow_clone());
     Ok(SampleScores {
-        samples: images.size()[0],
+        samples: features.size()[0],
         temperature,
         label_fidelity,
-        frechet_distance: frechet_distance(&moments(&judge.features(&images)), &reference),
+        frechet_distance: frechet_distance(&moments(&features), &reference),
         frechet_floor: judge.card.frechet_floor,
         judge_test_accuracy: judge.card.test_accuracy,
     })
@@ -461,7 +461,8 @@ mod tests {
         first.save(dir.path()).unwrap();
         let loaded = Judge::load(dir.path(), "mnist", Device::Cpu).unwrap().expect("saved judge");
         assert_eq!(loaded.card, first.card);
-        assert!(loaded.classify(&splits.test.images).equal(&first.classify(&splits.test.images)));
+        let predicted = |judge: &Judge| judge.predict(&judge.features(&splits.test.images));
+        assert!(predicted(&loaded).equal(&predicted(&first)));
         assert!(loaded.reference_cov.equal(&first.reference_cov));
         assert!(Judge::load(dir.path(), "fashion-mnist", Device::Cpu).unwrap().is_none());
         let other = Judge::train("other", &splits, 1, 8, Device::Cpu).unwrap();
