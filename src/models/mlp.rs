@@ -56,10 +56,12 @@ impl BnMlp {
     }
 }
 
-/// MLP encoder q(z|x) and decoder p(x|z[, c]); `condition_dim` > 0 lets the semi-supervised
-/// model concatenate a label after the code layer.
+/// MLP encoder q(z|x[, c]) and decoder p(x|z[, c]); a condition width > 0 lets the
+/// semi-supervised model concatenate a label after the code layer (decoder) and, optionally,
+/// after the pixels (encoder).
 pub struct MlpVae {
     config: ModelConfig,
+    encoder_condition_dim: i64,
     encoder: BnMlp,
     mean: Dense,
     log_var: Dense,
@@ -69,17 +71,29 @@ pub struct MlpVae {
 }
 
 impl MlpVae {
-    pub fn new(path: &nn::Path, config: ModelConfig, condition_dim: i64, bn: &BnControl) -> Self {
+    pub fn new(path: &nn::Path, config: ModelConfig, [encoder_condition_dim, condition_dim]: [i64; 2], bn: &BnControl) -> Self {
         let pixels = config.image.pixels();
         let top = *config.hidden.last().expect("validated: at least one hidden layer");
-        let encoder = BnMlp::new(&(path / "encoder"), pixels, &config.hidden, bn);
+        let encoder = BnMlp::new(&(path / "encoder"), pixels + encoder_condition_dim, &config.hidden, bn);
         let mean = Dense::new(layers::linear(path / "encoder" / "mean", top, config.latent_dim));
         let log_var = Dense::new(layers::linear(path / "encoder" / "log_var", top, config.latent_dim));
         let reversed: Vec<i64> = config.hidden.iter().rev().copied().collect();
         let decoder = BnMlp::new(&(path / "decoder"), config.latent_dim + condition_dim, &reversed, bn);
         let output = Dense::new(layers::linear(path / "decoder" / "output", config.hidden[0], pixels));
         let likelihood_log_var = learned_log_var(path, &config);
-        Self { config, encoder, mean, log_var, decoder, output, likelihood_log_var }
+        Self { config, encoder_condition_dim, encoder, mean, log_var, decoder, output, likelihood_log_var }
+    }
+
+    /// q(z|x, c): the encoder reads the condition `[B, width]` after the pixels when it was built
+    /// with one.
+    pub fn encode_given(&self, images: &Tensor, condition: Option<&Tensor>, train: bool) -> Posterior {
+        let pixels = images.flatten(1, -1);
+        let input = match condition {
+            Some(c) if self.encoder_condition_dim > 0 => Tensor::cat(&[&pixels, c], 1),
+            _ => pixels,
+        };
+        let h = self.encoder.forward(&input, train);
+        Posterior { mean: self.mean.forward(&h, train), log_var: self.log_var.forward(&h, train) }
     }
 }
 
@@ -99,8 +113,7 @@ impl Vae for MlpVae {
     }
 
     fn encode(&self, images: &Tensor, train: bool) -> Posterior {
-        let h = self.encoder.forward(&images.flatten(1, -1), train);
-        Posterior { mean: self.mean.forward(&h, train), log_var: self.log_var.forward(&h, train) }
+        self.encode_given(images, None, train)
     }
 
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {

@@ -82,6 +82,10 @@ pub struct ModelConfig {
     /// random label y and what the model's own classifier (held fixed) reads in the decoder's
     /// output for a prior code and y clamped; it makes the label, not z, decide the class.
     pub label_consistency_weight: f64,
+    /// Semi-supervised only: the encoder reads the label too, q(z|x, y) as in M2, so z need not
+    /// carry the class and the clamped label decides it when sampling. Unlabelled examples are
+    /// encoded once per label; without a label the encoder reads q(y|x).
+    pub label_in_encoder: bool,
 }
 
 impl Default for ModelConfig {
@@ -97,6 +101,7 @@ impl Default for ModelConfig {
             unlabeled_objective: UnlabeledObjective::Marginalize,
             classifier_weight: 1.0,
             label_consistency_weight: 0.0,
+            label_in_encoder: false,
         }
     }
 }
@@ -126,6 +131,9 @@ impl ModelConfig {
         }
         if !(self.label_consistency_weight.is_finite() && self.label_consistency_weight >= 0.0) {
             return fail(format!("label_consistency_weight {} must be finite and ≥ 0", self.label_consistency_weight));
+        }
+        if self.label_in_encoder && self.architecture != Architecture::SemiSupervised {
+            return fail("label_in_encoder: only semi-supervised models have labels to encode".into());
         }
         if self.architecture == Architecture::SemiSupervised && self.label_names.len() < 2 {
             return fail("a semi-supervised model needs at least two label names".into());
@@ -157,6 +165,11 @@ pub trait Vae: Send {
     fn config(&self) -> &ModelConfig;
     /// q(z|x) for images `[B, C, H, W]`.
     fn encode(&self, images: &Tensor, train: bool) -> Posterior;
+    /// q(z|x, y) for one-hot (or soft) labels `[B, K]`, for models whose encoder reads the label;
+    /// the others ignore them.
+    fn encode_given(&self, images: &Tensor, _labels: Option<&Tensor>, train: bool) -> Posterior {
+        self.encode(images, train)
+    }
     /// Likelihood parameters `[B, C, H, W]` (logits or means) for codes `[B, latent]`, with
     /// one-hot labels `[B, K]` for models whose decoder is conditioned on them.
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
@@ -202,7 +215,7 @@ pub fn build(config: &ModelConfig, device: tch::Device) -> Result<LoadedModel, M
     let bn = BnControl::default();
     let root = vars.root();
     let model: Box<dyn Vae> = match config.architecture {
-        Architecture::Mlp => Box::new(mlp::MlpVae::new(&root, config.clone(), 0, &bn)),
+        Architecture::Mlp => Box::new(mlp::MlpVae::new(&root, config.clone(), [0, 0], &bn)),
         Architecture::Conv => Box::new(conv::ConvVae::new(&root, config.clone(), &bn)),
         Architecture::SemiSupervised => Box::new(semi_supervised::SemiSupervisedVae::new(&root, config.clone(), &bn)),
     };

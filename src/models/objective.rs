@@ -89,10 +89,10 @@ pub fn importance_weighted_log_likelihood(model: &dyn Vae, images: &Tensor, samp
         let log_prior = (z.square() + LOG_2PI).sum_dim_intlist(1, false, Kind::Float) * -0.5;
         let log_px = if config.architecture == super::Architecture::SemiSupervised {
             let k = config.num_classes();
-            let (z_all, y_all) = every_label(&z, k);
+            let y_all = every_label(k, batch, z.device());
             let nll = negative_log_likelihood(
                 config.likelihood,
-                &model.decode(&z_all, Some(&y_all), false),
+                &model.decode(&z.repeat([k, 1]), Some(&y_all), false),
                 &images.repeat([k, 1, 1, 1]),
                 model.likelihood_log_var(),
             );
@@ -105,9 +105,9 @@ pub fn importance_weighted_log_likelihood(model: &dyn Vae, images: &Tensor, samp
     Tensor::stack(&log_weights, 0).logsumexp(0, false) - (samples as f64).ln()
 }
 
-/// Repeats codes `[B, d]` once per class and pairs them with one-hot labels: `[K·B, d]`, `[K·B, K]`.
-pub fn every_label(z: &Tensor, num_classes: i64) -> (Tensor, Tensor) {
-    let batch = z.size()[0];
-    let labels = Tensor::arange(num_classes, (Kind::Int64, z.device())).repeat_interleave_self_int(batch, 0, None);
-    (z.repeat([num_classes, 1]), labels.one_hot(num_classes).to_kind(Kind::Float))
+/// One-hot labels `[K·B, K]` for a batch of B repeated once per class (`x.repeat([K, …])`):
+/// the first B rows are class 0, the next B class 1, and so on.
+pub fn every_label(num_classes: i64, batch: i64, device: tch::Device) -> Tensor {
+    let labels = Tensor::arange(num_classes, (Kind::Int64, device)).repeat_interleave_self_int(batch, 0, None);
+    labels.one_hot(num_classes).to_kind(Kind::Float)
 }

@@ -32,7 +32,8 @@ impl SemiSupervisedVae {
         let classifier = BnMlp::new(&(path / "classifier"), config.image.pixels(), &config.hidden, bn);
         let top = *config.hidden.last().expect("validated");
         let classifier_out = Dense::new(layers::linear(path / "classifier" / "logits", top, k));
-        Self { vae: MlpVae::new(path, config, k, bn), classifier, classifier_out }
+        let encoder_condition = if config.label_in_encoder { k } else { 0 };
+        Self { vae: MlpVae::new(path, config, [encoder_condition, k], bn), classifier, classifier_out }
     }
 }
 
@@ -42,7 +43,17 @@ impl Vae for SemiSupervisedVae {
     }
 
     fn encode(&self, images: &Tensor, train: bool) -> Posterior {
-        self.vae.encode(images, train)
+        // Without a label, an encoder that reads one reads the classifier's belief.
+        let belief =
+            self.config().label_in_encoder.then(|| self.classify(images, train).expect("has a classifier").softmax(1, Kind::Float));
+        self.vae.encode_given(images, belief.as_ref(), train)
+    }
+
+    fn encode_given(&self, images: &Tensor, labels: Option<&Tensor>, train: bool) -> Posterior {
+        match labels {
+            Some(y) => self.vae.encode_given(images, Some(y), train),
+            None => self.encode(images, train),
+        }
     }
 
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
@@ -116,31 +127,47 @@ pub fn objective(
     let log_k = (k as f64).ln();
     let logits = model.classify(classifier_view.unwrap_or(images), train).expect("semi-supervised models classify");
     let log_probs = logits.log_softmax(1, Kind::Float);
-    let posterior = model.encode(images, train);
-    let z = posterior.sample();
-    let kl = kl_to_standard_normal(&posterior);
     let labelled = labels.ge(0);
     let safe_labels = labels.clamp_min(0);
+    let true_onehot = safe_labels.one_hot(k).to_kind(Kind::Float);
     let nll_of = |z: &Tensor, y: &Tensor, x: &Tensor| {
         negative_log_likelihood(config.likelihood, &model.decode(z, Some(y), train), x, model.likelihood_log_var())
     };
+    // An encoder that reads the label encodes with the label the decoder is given; one that does
+    // not encodes once, whatever the label.
+    let encoded_with = |x: &Tensor, y: &Tensor| {
+        let posterior = if config.label_in_encoder { model.encode_given(x, Some(y), train) } else { model.encode(x, train) };
+        (posterior.sample(), kl_to_standard_normal(&posterior))
+    };
 
-    // Reconstruction with the true label (labelled) or per the unlabelled objective.
-    let true_onehot = safe_labels.one_hot(k).to_kind(Kind::Float);
-    let (reconstruction, label_terms) = match config.unlabeled_objective {
+    // Reconstruction and KL with the true label (labelled) or per the unlabelled objective.
+    let (reconstruction, kl, label_terms) = match config.unlabeled_objective {
         UnlabeledObjective::Marginalize => {
-            let (z_all, y_all) = every_label(&z, k);
-            let nll_all = nll_of(&z_all, &y_all, &images.repeat([k, 1, 1, 1])).view([k, batch]).transpose(0, 1);
+            let (x_all, y_all) = (images.repeat([k, 1, 1, 1]), every_label(k, batch, images.device()));
+            let (z_all, kl_all) = if config.label_in_encoder {
+                encoded_with(&x_all, &y_all)
+            } else {
+                let (z, kl) = encoded_with(images, &true_onehot);
+                (z.repeat([k, 1]), kl.repeat([k]))
+            };
+            let per_label = |t: Tensor| t.view([k, batch]).transpose(0, 1);
+            let (nll_all, kl_all) = (per_label(nll_of(&z_all, &y_all, &x_all)), per_label(kl_all));
             let probs = log_probs.exp();
-            let expected = (&probs * &nll_all).sum_dim_intlist(1, false, Kind::Float);
-            let observed = nll_all.gather(1, &safe_labels.unsqueeze(1), false).squeeze_dim(1);
+            // Labelled: the true label's column; unlabelled: the expectation under q(y|x).
+            let observed_or_expected = |all: &Tensor| {
+                let expected = (&probs * all).sum_dim_intlist(1, false, Kind::Float);
+                let observed = all.gather(1, &safe_labels.unsqueeze(1), false).squeeze_dim(1);
+                observed.where_self(&labelled, &expected)
+            };
             // −H(q) = Σ q log q, only for unlabelled examples.
             let neg_entropy = (&probs * &log_probs).sum_dim_intlist(1, false, Kind::Float);
-            (observed.where_self(&labelled, &expected), neg_entropy.where_self(&labelled.logical_not(), &neg_entropy.zeros_like()))
+            let label_terms = neg_entropy.where_self(&labelled.logical_not(), &neg_entropy.zeros_like());
+            (observed_or_expected(&nll_all), observed_or_expected(&kl_all), label_terms)
         }
         UnlabeledObjective::PredictedLabel => {
             let y = true_onehot.where_self(&labelled.unsqueeze(1), &log_probs.exp());
-            (nll_of(&z, &y, images), Tensor::zeros([batch], (Kind::Float, images.device())))
+            let (z, kl) = encoded_with(images, &y);
+            (nll_of(&z, &y, images), kl, Tensor::zeros([batch], (Kind::Float, images.device())))
         }
     };
     let cross_entropy = -log_probs.gather(1, &safe_labels.unsqueeze(1), false).squeeze_dim(1);
@@ -187,5 +214,35 @@ mod tests {
         let served = model.classifier_out.forward(&model.classifier.forward(&x, false), false);
         let frozen = model.classifier_out.forward_frozen(&model.classifier.forward_frozen(&x));
         assert!(served.allclose(&frozen, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn an_encoder_that_reads_the_label_encodes_per_label_and_reads_the_classifier_without_one() {
+        let config = ModelConfig {
+            architecture: Architecture::SemiSupervised,
+            hidden: vec![32],
+            latent_dim: 4,
+            label_in_encoder: true,
+            ..Default::default()
+        };
+        let vars = nn::VarStore::new(tch::Device::Cpu);
+        let model = SemiSupervisedVae::new(&vars.root(), config, &BnControl::default());
+        let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let label = |l: i64| Tensor::full([6], l, (Kind::Int64, tch::Device::Cpu)).one_hot(10).to_kind(Kind::Float);
+        let (as_three, as_eight) = (model.encode_given(&x, Some(&label(3)), false), model.encode_given(&x, Some(&label(8)), false));
+        assert!(!as_three.mean.allclose(&as_eight.mean, 1e-4, 1e-4, false), "the label changes the code");
+        let belief = model.classify(&x, false).unwrap().softmax(1, Kind::Float);
+        let unlabelled = model.encode(&x, false).mean;
+        assert!(unlabelled.allclose(&model.encode_given(&x, Some(&belief), false).mean, 1e-6, 1e-6, false));
+
+        // An unlabelled example's KL is the expectation of the per-label KLs under q(y|x).
+        tch::manual_seed(0);
+        let none = Tensor::full([6], -1, (Kind::Int64, tch::Device::Cpu));
+        let batch = model.objective(&x, None, &none, 1.0, false);
+        let expected_kl = (0..10)
+            .map(|l| belief.select(1, l) * kl_to_standard_normal(&model.encode_given(&x, Some(&label(l)), false)))
+            .fold(Tensor::zeros([6], (Kind::Float, tch::Device::Cpu)), |sum, t| sum + t)
+            .mean(Kind::Float);
+        assert!(batch.kl.allclose(&expected_kl, 1e-4, 1e-4, false), "{} vs {}", batch.kl, expected_kl);
     }
 }

@@ -100,6 +100,9 @@ pub struct TrainArgs {
     /// Semi-supervised: weight γ of the label-consistency term (0: off).
     #[arg(long)]
     pub label_consistency_weight: Option<f64>,
+    /// Semi-supervised: the encoder reads the label too, q(z|x, y) (true or false).
+    #[arg(long)]
+    pub label_in_encoder: Option<bool>,
     /// Semi-supervised: random whole-pixel shifts, up to this many pixels per axis, of what the
     /// classifier sees while training (0: off).
     #[arg(long)]
@@ -147,6 +150,7 @@ impl TrainArgs {
         set(&mut model, "unlabeled_objective", self.unlabeled_objective.as_ref().map(json_of));
         set(&mut model, "classifier_weight", self.classifier_weight.as_ref().map(json_of));
         set(&mut model, "label_consistency_weight", self.label_consistency_weight.as_ref().map(json_of));
+        set(&mut model, "label_in_encoder", self.label_in_encoder.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
             LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
