@@ -53,6 +53,6 @@ fn ports_paths_and_health_check_agree_with_the_code() {
     // The build uses the same torch version the crate is built against, and the subcommand exists.
     assert!(DOCKERFILE.contains(&format!("ARG TORCH_VERSION={}", vae_serve::runtime::torch_version())));
     assert!(DOCKERFILE.contains("CMD [\"serve\"]"));
-    // The shipped default model exists in the repository.
-    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/mnist-ssvae/v1/manifest.json")).is_file());
+    // The shipped default model (its latest version) exists in the repository.
+    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/mnist-ssvae/v2/manifest.json")).is_file());
 }

@@ -197,7 +197,8 @@ pub fn run_cli(args: &[&str], models_dir: &Path) -> std::process::Output {
     output
 }
 
-/// A models directory holding a copy of the shipped default model (jobs publish next to it).
+/// A models directory holding a copy of the shipped default model's first version, `v1` (jobs
+/// publish next to it).
 pub fn models_with_default(dir: &Path) -> std::path::PathBuf {
     let models = dir.join("models");
     let target = models.join("mnist-ssvae/v1");
