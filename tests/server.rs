@@ -186,4 +186,15 @@ fn the_shipped_default_model_loads_and_serves_every_digit() {
         assert_eq!(response.status(), 200);
         assert!(image::load_from_memory(&response.bytes().unwrap()).is_ok());
     }
+
+    // Beside it, the Fashion-MNIST model answers to its class names.
+    let fashion = "/v1/models/fashion-ssvae";
+    let manifest: Value = http.get(server.url(&format!("{fashion}/versions/1"))).send().unwrap().json().unwrap();
+    assert_eq!(manifest["config"]["label_names"][9], "ankle-boot", "{manifest}");
+    for name in ["sneaker", "Ankle-Boot", "trouser"] {
+        let samples: Value =
+            http.get(server.url(&format!("{fashion}/sample?label={name}&n=2&format=json"))).send().unwrap().json().unwrap();
+        assert_eq!(samples["label_name"].as_str().unwrap(), name.to_ascii_lowercase(), "{samples}");
+        assert_eq!(samples["images"].as_array().unwrap().len(), 2);
+    }
 }
