@@ -1,4 +1,6 @@
-//! The semi-supervised VAE: a classifier q(y|x), an MLP VAE whose decoder sees [z, y].
+//! The semi-supervised VAE: a classifier q(y|x), an MLP VAE whose decoder sees [z, y] and, with
+//! `label_in_encoder` (the recipe's choice), whose encoder sees [x, y]: q(z|x, y) as in M2, so
+//! the code need not carry the class and the clamped label decides what a sample shows.
 //!
 //! Cost per labelled example: −ELBO(x, y) + α·CE(q(y|x), y).
 //! Per unlabelled example, by `UnlabeledObjective`:
