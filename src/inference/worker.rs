@@ -213,9 +213,10 @@ impl Analyses {
         let Want { classes, code, reconstruction: reconstruct } = wanted;
         let rows = |t: &Tensor| Vec::<Vec<f32>>::try_from(t.to_device(Device::Cpu).flatten(1, -1)).expect("float rows");
         let doubles = |t: &Tensor| Vec::<f64>::try_from(t.to_device(Device::Cpu).to_kind(Kind::Double)).expect("doubles");
-        // Semi-supervised decoders see the predicted class distribution in place of a label.
+        // Semi-supervised decoders see the predicted class distribution in place of a label, and
+        // an encoder that reads the label reads it too (given here so the classifier runs once).
         let probabilities = (reconstruct || classes).then(|| vae.classify(x, false).map(|logits| logits.softmax(1, Kind::Float))).flatten();
-        let posterior = (reconstruct || code).then(|| vae.encode(x, false));
+        let posterior = (reconstruct || code).then(|| vae.encode_given(x, probabilities.as_ref(), false));
         let reconstructions = reconstruct.then(|| {
             let posterior = posterior.as_ref().expect("encoded for reconstruction");
             let params = vae.decode(&posterior.mean, probabilities.as_ref(), false);
@@ -316,10 +317,11 @@ fn plan_interpolation(model: &LoadedModel, from: &Endpoint, to: &Endpoint, steps
         (Endpoint::Image(a), Endpoint::Image(b)) => {
             let [c, h, w] = model.model.config().image.dims();
             let x = Tensor::from_slice(&[a.as_slice(), b.as_slice()].concat()).view([2, c, h, w]).to_device(model.vars.device());
-            let mean = model.model.encode(&x, false).mean.to_device(Device::Cpu);
+            let probabilities = model.model.classify(&x, false).map(|logits| logits.softmax(1, Kind::Float));
+            let mean = model.model.encode_given(&x, probabilities.as_ref(), false).mean.to_device(Device::Cpu);
             let z = blend(&mean.get(0).unsqueeze(0), &mean.get(1).unsqueeze(0));
-            let y = model.model.classify(&x, false).map(|logits| {
-                let p = logits.softmax(1, Kind::Float).to_device(Device::Cpu);
+            let y = probabilities.map(|p| {
+                let p = p.to_device(Device::Cpu);
                 blend(&p.get(0).unsqueeze(0), &p.get(1).unsqueeze(0))
             });
             Ok((z, y, None))
