@@ -135,10 +135,9 @@ pub fn objective(
     let nll_of = |z: &Tensor, y: &Tensor, x: &Tensor| {
         negative_log_likelihood(config.likelihood, &model.decode(z, Some(y), train), x, model.likelihood_log_var())
     };
-    // An encoder that reads the label encodes with the label the decoder is given; one that does
-    // not encodes once, whatever the label.
+    // Encoded with the label the decoder is given (an encoder that does not read labels ignores it).
     let encoded_with = |x: &Tensor, y: &Tensor| {
-        let posterior = if config.label_in_encoder { model.encode_given(x, Some(y), train) } else { model.encode(x, train) };
+        let posterior = model.encode_given(x, Some(y), train);
         (posterior.sample(), kl_to_standard_normal(&posterior))
     };
 
@@ -146,6 +145,7 @@ pub fn objective(
     let (reconstruction, kl, label_terms) = match config.unlabeled_objective {
         UnlabeledObjective::Marginalize => {
             let (x_all, y_all) = (images.repeat([k, 1, 1, 1]), every_label(k, batch, images.device()));
+            // An encoder that reads the label encodes once per label; one that does not, once.
             let (z_all, kl_all) = if config.label_in_encoder {
                 encoded_with(&x_all, &y_all)
             } else {
