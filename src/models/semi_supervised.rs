@@ -188,17 +188,18 @@ mod tests {
     use super::*;
     use crate::models::{Architecture, BnControl};
 
-    #[test]
-    fn label_consistency_trains_the_decoder_through_a_fixed_classifier() {
-        let config = ModelConfig {
-            architecture: Architecture::SemiSupervised,
-            hidden: vec![32],
-            latent_dim: 4,
-            label_consistency_weight: 3.0,
-            ..Default::default()
-        };
+    /// A small semi-supervised model on MNIST-shaped images, with `adjust` applied to its config.
+    fn small_model(adjust: impl FnOnce(&mut ModelConfig)) -> (nn::VarStore, SemiSupervisedVae) {
+        let mut config = ModelConfig { architecture: Architecture::SemiSupervised, hidden: vec![32], latent_dim: 4, ..Default::default() };
+        adjust(&mut config);
         let vars = nn::VarStore::new(tch::Device::Cpu);
         let model = SemiSupervisedVae::new(&vars.root(), config, &BnControl::default());
+        (vars, model)
+    }
+
+    #[test]
+    fn label_consistency_trains_the_decoder_through_a_fixed_classifier() {
+        let (vars, model) = small_model(|c| c.label_consistency_weight = 3.0);
         model.label_consistency(16, tch::Device::Cpu).backward();
         let gradient_under = |prefix: &str| -> f64 {
             vars.variables()
@@ -220,15 +221,7 @@ mod tests {
 
     #[test]
     fn an_encoder_that_reads_the_label_encodes_per_label_and_reads_the_classifier_without_one() {
-        let config = ModelConfig {
-            architecture: Architecture::SemiSupervised,
-            hidden: vec![32],
-            latent_dim: 4,
-            label_in_encoder: true,
-            ..Default::default()
-        };
-        let vars = nn::VarStore::new(tch::Device::Cpu);
-        let model = SemiSupervisedVae::new(&vars.root(), config, &BnControl::default());
+        let (_vars, model) = small_model(|c| c.label_in_encoder = true);
         let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
         let label = |l: i64| Tensor::full([6], l, (Kind::Int64, tch::Device::Cpu)).one_hot(10).to_kind(Kind::Float);
         let (as_three, as_eight) = (model.encode_given(&x, Some(&label(3)), false), model.encode_given(&x, Some(&label(8)), false));
