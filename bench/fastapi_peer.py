@@ -4,13 +4,15 @@ the same model.safetensors, with the same two requests as vae-serve:
   POST /classify  (raw image/png body)   -> predicted label and class probabilities (JSON)
   GET  /sample?n=1&label=3&seed=0        -> PNG grid of decoded samples
 
-Run: .venv/bin/python bench/fastapi_peer.py --model models/mnist-ssvae/v1 --port 8090
+Run: .venv/bin/python bench/fastapi_peer.py --model models/mnist-ssvae/v1 --port 8090 [--workers 2 --threads 1]
 (pip install fastapi uvicorn safetensors pillow into .venv first; bench/serve_compare.sh does.)
+Each uvicorn worker is its own process with its own copy of the model and --threads torch threads.
 """
 import argparse
 import io
 import math
 import os
+import pathlib
 
 import torch
 import torch.nn.functional as F
@@ -18,31 +20,21 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from PIL import Image
 
-from peer_model import build
+from peer_model import answer, build, classify_pngs
 
 
-def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--model", required=True)
-    p.add_argument("--port", type=int, default=8090)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
+def create_app():
+    """The app of one worker; uvicorn's worker processes build it from the environment main() sets."""
+    torch.set_num_threads(int(os.environ["VAE_PEER_THREADS"]))
     torch.set_grad_enabled(False)
-    config, k, classify, decode = build(a.model)
+    config, k, classify, decode = build(os.environ["VAE_PEER_MODEL"])
     names = config["label_names"]
     latent = config["latent_dim"]
     app = FastAPI()
 
     @app.post("/classify")
     async def classify_route(request: Request):
-        body = await request.body()
-        image = Image.open(io.BytesIO(body)).convert("L").resize((28, 28))
-        x = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).float().div(255).view(1, 1, 28, 28)
-        probs = classify(x)[0].tolist()
-        best = max(range(k), key=lambda i: probs[i])
-        return {"results": [{"label": best, "name": names[best], "probability": probs[best],
-                             "probabilities": dict(zip(names, probs))}]}
+        return answer(names, classify_pngs(classify, [await request.body()])[0])
 
     @app.get("/sample")
     def sample_route(n: int = 16, label: int = 0, seed: int = 0):
@@ -60,7 +52,20 @@ def main():
         Image.frombytes("L", (grid.shape[1], grid.shape[0]), bytes(grid.mul(255).round().byte().flatten().tolist())).save(out, "PNG")
         return Response(out.getvalue(), media_type="image/png")
 
-    uvicorn.run(app, host="127.0.0.1", port=a.port, workers=1, log_level="warning")
+    return app
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--port", type=int, default=8090)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per worker")
+    a = p.parse_args()
+    os.environ["VAE_PEER_MODEL"] = a.model
+    os.environ["VAE_PEER_THREADS"] = str(a.threads)
+    uvicorn.run("fastapi_peer:create_app", factory=True, app_dir=str(pathlib.Path(__file__).parent),
+                host="127.0.0.1", port=a.port, workers=a.workers, log_level="warning")
 
 
 if __name__ == "__main__":

@@ -5,13 +5,11 @@ classify it, answer the label, its name and every class probability as JSON.
 Packed by bench/classify_peers.sh with torch-model-archiver (this file as the handler,
 peer_model.py as an extra file); the model folder comes in VAE_PEER_MODEL.
 """
-import io
 import os
 
 import torch
-from PIL import Image
 
-from peer_model import build
+from peer_model import answer, build, classify_pngs
 
 _model = None
 
@@ -31,14 +29,5 @@ def handle(data, context):
     if data is None:
         return None
     names, classify = _model
-    pixels = []
-    for request in data:
-        image = Image.open(io.BytesIO(request.get("data") or request.get("body"))).convert("L").resize((28, 28))
-        pixels.append(torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8))
-    probabilities = classify(torch.stack(pixels).float().div(255).view(-1, 1, 28, 28)).tolist()
-    answers = []
-    for probs in probabilities:
-        best = max(range(len(names)), key=lambda i: probs[i])
-        answers.append({"results": [{"label": best, "name": names[best], "probability": probs[best],
-                                     "probabilities": dict(zip(names, probs))}]})
-    return answers
+    bodies = [request.get("data") or request.get("body") for request in data]
+    return [answer(names, probs) for probs in classify_pngs(classify, bodies)]

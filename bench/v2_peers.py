@@ -7,6 +7,10 @@ answering `probabilities` for an FP32 `image` input [N, 1, 28, 28]:
 
 Both batch up to --max-batch rows, waiting at most --max-delay-ms (16 and 2 by default, as the
 issue's peer runs). Ports P+1 and P+2 are the peers' gRPC and metrics ports.
+
+`mlserver --input png` instead takes what POST /classify takes, an uploaded PNG, in MLServer's way
+of carrying files: a BYTES input of base64 strings ("parameters": {"content_type": "base64"}),
+one per image; it decodes and classifies them (bench/classify_peers.sh).
 """
 import argparse
 import json
@@ -18,6 +22,12 @@ import tempfile
 
 HERE = pathlib.Path(__file__).resolve().parent
 
+# The body of the MLServer runtime's predict per input form: `probabilities` from `payload`.
+PREDICT = {
+    "tensor": "probabilities = self.classify(torch.from_numpy(NumpyCodec.decode_input(payload.inputs[0]))).numpy()",
+    "png": "probabilities = np.array(classify_pngs(self.classify, Base64Codec.decode_input(payload.inputs[0])), dtype=np.float32)",
+}
+
 
 def mlserver(args):
     # MLServer loads the runtime class by module path from its working directory.
@@ -27,9 +37,10 @@ import sys
 sys.path.insert(0, {str(HERE)!r})
 import torch
 from mlserver import MLModel
-from mlserver.codecs import NumpyCodec
+import numpy as np
+from mlserver.codecs import Base64Codec, NumpyCodec
 from mlserver.types import InferenceRequest, InferenceResponse
-from peer_model import build
+from peer_model import build, classify_pngs
 
 class Classifier(MLModel):
     async def load(self):
@@ -39,8 +50,7 @@ class Classifier(MLModel):
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
-        image = NumpyCodec.decode_input(payload.inputs[0])
-        probabilities = self.classify(torch.from_numpy(image)).numpy()
+        {PREDICT[args.input]}
         return InferenceResponse(model_name=self.name, outputs=[NumpyCodec.encode_output("probabilities", probabilities)])
 ''')
     (root / "settings.json").write_text(json.dumps({
@@ -102,6 +112,7 @@ def main():
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--input", choices=sorted(PREDICT), default="tensor", help="mlserver: what a request carries")
     args = parser.parse_args()
     {"mlserver": mlserver, "pytriton": pytriton}[args.peer](args)
 
