@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU check, for a machine with an NVIDIA GPU: runs the vae-serve binary built elsewhere against
 # that machine's own torch 2.11.0 libraries, confirms CUDA is used, trains each model for a few
-# epochs next to the PyTorch eager reference on the same GPU, runs a short serving benchmark,
-# and prints Markdown tables like BENCHMARKS.md's.
+# epochs next to the PyTorch reference on the same GPU (eager, and compiled with CUDA graphs),
+# runs a short serving benchmark, and prints Markdown tables like BENCHMARKS.md's.
 #
 #   scripts/gpu-check.sh [BINARY] [DATA_DIR]      (defaults: .device/vae-serve .device/data)
 #
@@ -35,21 +35,28 @@ RUST_LOG=info "$BIN" train --device "$DEVICE" --threads 2 --data-dir "$DATA" --d
 echo "- vae-serve: $(grep -m1 -o 'device=[^ ]*' "$OUT/probe.log" | head -1 || echo 'device not logged')"
 echo
 
-echo "| model | epochs | vae-serve s/epoch | PyTorch s/epoch | ratio (ours/PyTorch) | vae-serve test −ELBO | PyTorch test −ELBO |"
-echo "|---|---|---|---|---|---|---|"
+echo "| model | epochs | vae-serve s/epoch | PyTorch eager s/epoch | PyTorch compiled, CUDA graphs s/epoch | ours / eager | ours / compiled | vae-serve test −ELBO | PyTorch eager test −ELBO |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for arch in mlp conv semi-supervised; do
   "$BIN" train --device "$DEVICE" --threads 2 --data-dir "$DATA" --dataset mnist --architecture "$arch" --name "gpu-$arch" \
     --models-dir "$OUT/models" --epochs "$EPOCHS" --validation-fraction 0 --no-bn-recompute 2>/dev/null > "$OUT/ours-$arch.json"
-  "$PY" bench/pytorch_vae.py --data "$DATA/mnist" --architecture "$arch" --epochs "$EPOCHS" --device "$DEVICE" --threads 2 \
-    2>/dev/null > "$OUT/torch-$arch.json"
+  # PyTorch trains what vae-serve just trained (the options in its manifest).
+  manifest=$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["path"])' "$OUT/ours-$arch.json")/manifest.json
+  "$PY" bench/pytorch_vae.py --data "$DATA/mnist" --manifest "$manifest" --epochs "$EPOCHS" --device "$DEVICE" --threads 2 \
+    2>/dev/null > "$OUT/eager-$arch.json"
+  "$PY" bench/pytorch_vae.py --data "$DATA/mnist" --manifest "$manifest" --epochs "$EPOCHS" --device "$DEVICE" --threads 2 \
+    --compile reduce-overhead 2>"$OUT/compiled.log" > "$OUT/compiled-$arch.json" || { tail -5 "$OUT/compiled.log" >&2; echo '{}' > "$OUT/compiled-$arch.json"; }
   "$PY" - "$OUT" "$arch" "$EPOCHS" <<'PYEOF'
 import json, sys
 out, arch, epochs = sys.argv[1:]
-ours, theirs = json.load(open(f"{out}/ours-{arch}.json")), json.load(open(f"{out}/torch-{arch}.json"))
-# The first epoch pays for CUDA context, kernel selection and caching-allocator warm-up.
+ours, eager, compiled = (json.load(open(f"{out}/{who}-{arch}.json")) for who in ("ours", "eager", "compiled"))
+# The first epoch pays for CUDA context, kernel selection, caching-allocator warm-up (and compilation).
 steady = lambda history: sum(m["seconds"] for m in history[1:]) / max(1, len(history) - 1)
-o, t = steady(ours["history"]), steady(theirs["history"])
-print(f"| {arch} | {epochs} (first excluded) | {o:.3f} | {t:.3f} | {o / t:.2f}× | {ours['metrics']['test_negative_elbo']:.2f} | {theirs['test_negative_elbo']:.2f} |")
+o, e = steady(ours["history"]), steady(eager["history"])
+c = steady(compiled["history"]) if "history" in compiled else None
+shown = lambda v, fmt: "failed" if v is None else format(v, fmt)
+print(f"| {arch} | {epochs} (first excluded) | {o:.3f} | {e:.3f} | {shown(c, '.3f')} | {o / e:.2f}× | "
+      f"{shown(c and o / c, '.2f')}× | {ours['metrics']['test_negative_elbo']:.2f} | {eager['test_negative_elbo']:.2f} |")
 PYEOF
 done
 echo
