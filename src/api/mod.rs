@@ -41,9 +41,26 @@ use crate::telemetry::Metrics;
 use auth::AccessPolicy;
 use problem::problem_response;
 
-/// Everything handlers reach; cheap to clone.
+/// Everything handlers reach. One shared allocation: axum clones the state for every request
+/// (extractors, middleware), and a clone is then one reference count, not one per service.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Services>);
+
+impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Services;
+
+    fn deref(&self) -> &Services {
+        &self.0
+    }
+}
+
+pub struct Services {
     pub storage: Database,
     pub models: ModelHost,
     pub jobs: JobQueue,

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::api::auth::AccessPolicy;
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, Services};
 use crate::config::{GlobalArgs, ServeArgs};
 use crate::inference::ModelHost;
 use crate::jobs::{JobQueue, QueueConfig};
@@ -62,7 +62,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         },
         metrics.clone(),
     )?;
-    let state = AppState {
+    let state = AppState::new(Services {
         storage,
         models,
         jobs,
@@ -71,7 +71,7 @@ pub async fn serve(global: GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         runtime: Arc::new(runtime),
         role: args.role,
-    };
+    });
     if args.role.serves() {
         tokio::spawn(follow_default_model(state.storage.clone(), state.models.clone()));
     }
