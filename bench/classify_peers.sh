@@ -13,7 +13,10 @@
 # (VAE_MAX_BATCH_SIZE=1). The servers take turns, pass by pass; wrk drives each at concurrency 1
 # and 64 (2 s warm-up, then the timed run); the table has the median of the passes and the ratios
 # to TorchServe and to the floor. oha cross-checks the batched/unbatched ratio at concurrency 64.
-# Every server's answer is checked (the digit's label) before it is timed.
+# vae-serve (float32, int8) and TorchServe also serve GET /sample?n=1 and POST /reconstruct of the
+# digit, TorchServe through the same handler registered as `sampler` and `reconstructor`; a second
+# table has those. Every server's answer is checked (the digit's label; the reconstruction's
+# error against vae-serve's; a PNG for samples) before it is timed.
 #
 #   bench/classify_peers.sh [PASSES] [SECONDS]     (defaults: 3 passes, 10 s; needs `make build`;
 #                                                   installs the peers into .venv-bench and oha)
@@ -50,15 +53,22 @@ json.dump({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data
                        "parameters": {"content_type": "base64"}}]}, open(f"{out}/mlserver.json", "w"))
 PYEOF
 
+# One handler, registered three times; it tells them apart by name.
 mkdir -p "$OUT/store"
-"$PEERS/bin/torch-model-archiver" --model-name classifier --version 1 --handler bench/torchserve_handler.py \
-  --extra-files bench/peer_model.py --export-path "$OUT/store" --archive-format no-archive --force
+TS_MODELS=(classifier sampler reconstructor)
+settings=() registered=()
+for model in "${TS_MODELS[@]}"; do
+  registered+=("$model=$model")
+  "$PEERS/bin/torch-model-archiver" --model-name "$model" --version 1 --handler bench/torchserve_handler.py \
+    --extra-files bench/peer_model.py --export-path "$OUT/store" --archive-format no-archive --force
+  settings+=("\"$model\": {\"1\": {\"defaultVersion\": true, \"marName\": \"$model\", \"minWorkers\": 2, \"maxWorkers\": 2, \"batchSize\": 16, \"maxBatchDelay\": 2, \"responseTimeout\": 120}}")
+done
 cat >"$OUT/config.properties" <<PROPERTIES
 inference_address=http://127.0.0.1:$PORT
 management_address=http://127.0.0.1:$((PORT + 1))
 metrics_address=http://127.0.0.1:$((PORT + 2))
 disable_token_authorization=true
-models={"classifier": {"1": {"defaultVersion": true, "marName": "classifier", "minWorkers": 2, "maxWorkers": 2, "batchSize": 16, "maxBatchDelay": 2, "responseTimeout": 120}}}
+models={$(IFS=,; echo "${settings[*]}")}
 PROPERTIES
 
 # ask URL BODY CONTENT_TYPE: one request, its answer on stdout; fails unless it is a 200.
@@ -76,7 +86,7 @@ start() {
   case $1 in
     torchserve)
       (cd "$OUT" && VAE_PEER_MODEL=$MODEL PATH=$PEERS/bin:$PATH torchserve --start --ncs --disable-token-auth \
-        --model-store "$OUT/store" --models classifier=classifier --ts-config "$OUT/config.properties" \
+        --model-store "$OUT/store" --models "${registered[@]}" --ts-config "$OUT/config.properties" \
         --log-config "$LOG_CONFIG" >"$OUT/torchserve.log" 2>&1)
       url="$base/predictions/classifier" ;;
     vae-serve*)
@@ -84,7 +94,7 @@ start() {
       [ "$1" = "vae-serve int8" ] && int8=true
       [ "$1" = "vae-serve unbatched" ] && unbatched=(--max-batch-size 1)
       VAE_INFERENCE_INT8=$int8 RUST_LOG=warn setsid "$BIN" serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models \
-        --database "$OUT/db.sqlite" --default-model mnist-ssvae "${unbatched[@]}" >"$OUT/server.log" 2>&1 &
+        --database "$OUT/db.sqlite" --default-model mnist-ssvae@1 "${unbatched[@]}" >"$OUT/server.log" 2>&1 &
       server=$! ;;
     "fastapi ×2")
       setsid "$PEERS/bin/python" bench/fastapi_peer.py --model "$MODEL" --port "$PORT" --workers 2 --threads 1 >"$OUT/server.log" 2>&1 &
@@ -96,11 +106,22 @@ start() {
       setsid "$PEERS/bin/python" bench/v2_peers.py mlserver --input png --model "$MODEL" --port "$PORT" >"$OUT/server.log" 2>&1 &
       server=$! url="$base/v2/models/mnist-ssvae/infer" body="$OUT/mlserver.json" content_type=application/json ;;
     "axum floor")
-      setsid target/release/examples/http_floor "127.0.0.1:$PORT" "$OUT/answer-vae-serve.json" >"$OUT/server.log" 2>&1 &
+      setsid target/release/examples/http_floor "127.0.0.1:$PORT" "$OUT/answer-vae-serve-float32.json" >"$OUT/server.log" 2>&1 &
       server=$! ;;
   esac
   until_answer "$url" "$body" "$content_type"
-  ask "$url" "$body" "$content_type" >"$OUT/answer-${1%% *}.json"
+  ask "$url" "$body" "$content_type" >"$OUT/answer-${1// /-}.json"
+  # The other endpoints, where this server has them.
+  case $1 in
+    "vae-serve float32" | "vae-serve int8") sample_url="$base/sample?n=1&label=3&seed=0" reconstruct_url="$base/reconstruct" ;;
+    torchserve) sample_url="$base/predictions/sampler?n=1&label=3&seed=0" reconstruct_url="$base/predictions/reconstructor" ;;
+    *) sample_url="" reconstruct_url="" ;;
+  esac
+  if [ -n "$sample_url" ]; then
+    until_answer "$reconstruct_url" "$body" "$content_type"
+    ask "$reconstruct_url" "$body" "$content_type" >"$OUT/reconstruct-${1// /-}.json"
+    curl -fs "$sample_url" | head -c 4 | tail -c 3 >"$OUT/sample-${1// /-}.txt"
+  fi
 }
 
 alive() { local state; state=$(ps -o stat= -p "$1" 2>/dev/null) && [[ $state != Z* ]]; }
@@ -129,8 +150,20 @@ stop() {
   server=""
 }
 
-# record NAME C TOOL: the timed run's JSON line for that server, concurrency and load generator.
-record() { sed "s/^{/{\"server\": \"$1\", \"c\": $2, \"tool\": \"$3\", /" >>"$OUT/runs.jsonl"; }
+# record NAME C TOOL [ENDPOINT]: the timed run's JSON line for that server, concurrency, load
+# generator and endpoint (classify unless named).
+record() { sed "s/^{/{\"server\": \"$1\", \"c\": $2, \"tool\": \"$3\", \"endpoint\": \"${4:-classify}\", /" >>"$OUT/runs.jsonl"; }
+
+# timed_wrk NAME ENDPOINT URL [BODY CONTENT_TYPE]: a 2 s warm-up and the timed run at concurrency 1 and 64.
+timed_wrk() {
+  local name=$1 endpoint=$2 target=$3 payload=${4:-} type=${5:-}
+  for c in 1 64; do
+    threads=$((c < 2 ? 1 : 2))
+    BODY=$payload CONTENT_TYPE=$type wrk -t "$threads" -c "$c" -d 2s -s bench/wrk_request.lua "$target" >/dev/null
+    BODY=$payload CONTENT_TYPE=$type wrk -t "$threads" -c "$c" -d "${SECONDS_PER_RUN}s" -s bench/wrk_request.lua "$target" |
+      grep '^{' | record "$name" "$c" wrk "$endpoint"
+  done
+}
 
 timed_oha() {
   oha -z "${SECONDS_PER_RUN}s" -c 64 --wait-ongoing-requests-after-deadline --no-tui --output-format json -m POST -T "$content_type" -D "$body" "$url" |
@@ -143,14 +176,13 @@ SERVERS=("vae-serve float32" "vae-serve int8" "vae-serve unbatched" torchserve "
 for _ in $(seq "$PASSES"); do
   for name in "${SERVERS[@]}"; do
     start "$name"
-    for c in 1 64; do
-      threads=$((c < 2 ? 1 : 2))
-      BODY=$body CONTENT_TYPE=$content_type wrk -t "$threads" -c "$c" -d 2s -s bench/wrk_request.lua "$url" >/dev/null
-      BODY=$body CONTENT_TYPE=$content_type wrk -t "$threads" -c "$c" -d "${SECONDS_PER_RUN}s" -s bench/wrk_request.lua "$url" |
-        grep '^{' | record "$name" "$c" wrk
-    done
+    timed_wrk "$name" classify "$url" "$body" "$content_type"
+    if [ -n "$sample_url" ]; then
+      timed_wrk "$name" sample "$sample_url"
+      timed_wrk "$name" reconstruct "$reconstruct_url" "$body" "$content_type"
+    fi
     if [ "$name" = "vae-serve float32" ] || [ "$name" = "vae-serve unbatched" ]; then
-      timed_oha | record "$name" 64 oha
+      timed_oha | record "$name" 64 oha classify
     fi
     stop "$name"
   done
@@ -165,11 +197,17 @@ for path in glob.glob(f"{out}/answer-*.json"):
     probs = a["outputs"][0]["data"] if "outputs" in a else a["results"][0]["probabilities"].values()
     probs = list(probs)
     assert probs.index(max(probs)) == 7, f"{os.path.basename(path)} does not classify the test digit as 7: {a}"
+reconstructions = {os.path.basename(p): json.load(open(p))["results"][0]["reconstruction_error"] for p in glob.glob(f"{out}/reconstruct-*.json")}
+# Within 1%: int8 moves it by about 0.3%.
+assert max(reconstructions.values()) - min(reconstructions.values()) < 0.01 * max(reconstructions.values()), \
+    f"the servers' reconstructions of the digit differ: {reconstructions}"
+for path in glob.glob(f"{out}/sample-*.txt"):
+    assert open(path).read() == "PNG", f"{os.path.basename(path)}: the sample is not a PNG"
 runs = [json.loads(line) for line in open(f"{out}/runs.jsonl")]
 bad = [r for r in runs if r["non2xx"] or r["errors"]]
 assert not bad, f"failed requests: {bad}"
-def median(server, c, key, tool="wrk"):
-    return statistics.median(r[key] for r in runs if (r["server"], r["c"], r["tool"]) == (server, c, tool))
+def median(server, c, key, tool="wrk", endpoint="classify"):
+    return statistics.median(r[key] for r in runs if (r["server"], r["c"], r["tool"], r["endpoint"]) == (server, c, tool, endpoint))
 servers = list(dict.fromkeys(r["server"] for r in runs))
 print(f"Versions: {versions}. wrk at concurrency 1 (1 thread) and 64 (2 threads); medians of the passes.")
 print()
@@ -179,6 +217,16 @@ for s in servers:
     rps = median(s, 64, "rps")
     print(f"| {s} | {median(s, 1, 'rps'):.0f} | {median(s, 1, 'p99_ms'):.2f} | {rps:.0f} | {median(s, 64, 'p99_ms'):.2f} | "
           f"{rps / median('torchserve', 64, 'rps'):.2f}× | {100 * rps / median('axum floor', 64, 'rps'):.0f}% |")
+print()
+print("GET /sample?n=1&label=3&seed=0 and POST /reconstruct of the digit (TorchServe: the same handler as `sampler` and `reconstructor`):")
+print()
+print("| server | endpoint | c=1 req/s | c=1 p99 ms | c=64 req/s | c=64 p99 ms | c=64 / TorchServe |")
+print("|---|---|---|---|---|---|---|")
+for endpoint in ("sample", "reconstruct"):
+    for s in dict.fromkeys(r["server"] for r in runs if r["endpoint"] == endpoint):
+        rps = median(s, 64, "rps", endpoint=endpoint)
+        print(f"| {s} | {endpoint} | {median(s, 1, 'rps', endpoint=endpoint):.0f} | {median(s, 1, 'p99_ms', endpoint=endpoint):.2f} | {rps:.0f} | "
+              f"{median(s, 64, 'p99_ms', endpoint=endpoint):.2f} | {rps / median('torchserve', 64, 'rps', endpoint=endpoint):.2f}× |")
 print()
 ratio = lambda tool: median("vae-serve float32", 64, "rps", tool) / median("vae-serve unbatched", 64, "rps", tool)
 print(f"Batched / unbatched vae-serve at concurrency 64: {ratio('wrk'):.2f}× with wrk, {ratio('oha'):.2f}× with oha.")

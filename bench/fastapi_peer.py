@@ -9,18 +9,14 @@ Run: .venv/bin/python bench/fastapi_peer.py --model models/mnist-ssvae/v1 --port
 Each uvicorn worker is its own process with its own copy of the model and --threads torch threads.
 """
 import argparse
-import io
-import math
 import os
 import pathlib
 
 import torch
-import torch.nn.functional as F
 import uvicorn
 from fastapi import FastAPI, Request, Response
-from PIL import Image
 
-from peer_model import answer, build, classify_pngs
+from peer_model import answer, build, classify_pngs, sample_pngs
 
 
 def create_app():
@@ -38,19 +34,7 @@ def create_app():
 
     @app.get("/sample")
     def sample_route(n: int = 16, label: int = 0, seed: int = 0):
-        torch.manual_seed(seed)
-        z = torch.randn(n, latent)
-        y = F.one_hot(torch.full((n,), label), k).float()
-        images = decode(z, y).view(n, 28, 28)
-        columns = math.ceil(math.sqrt(n))
-        rows = math.ceil(n / columns)
-        grid = torch.zeros(rows * 30 + 2, columns * 30 + 2)
-        for i in range(n):
-            r, c = divmod(i, columns)
-            grid[2 + r * 30: 30 + r * 30, 2 + c * 30: 30 + c * 30] = images[i]
-        out = io.BytesIO()
-        Image.frombytes("L", (grid.shape[1], grid.shape[0]), bytes(grid.mul(255).round().byte().flatten().tolist())).save(out, "PNG")
-        return Response(out.getvalue(), media_type="image/png")
+        return Response(sample_pngs(decode, latent, k, [(n, label, seed)])[0], media_type="image/png")
 
     return app
 
