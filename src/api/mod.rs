@@ -46,12 +46,6 @@ use problem::problem_response;
 #[derive(Clone)]
 pub struct AppState(Arc<Services>);
 
-impl AppState {
-    pub fn new(services: Services) -> Self {
-        Self(Arc::new(services))
-    }
-}
-
 impl std::ops::Deref for AppState {
     type Target = Services;
 
@@ -60,6 +54,7 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The services themselves, reached through `AppState`.
 pub struct Services {
     pub storage: Database,
     pub models: ModelHost,
@@ -72,6 +67,10 @@ pub struct Services {
 }
 
 impl AppState {
+    pub fn new(services: Services) -> Self {
+        Self(Arc::new(services))
+    }
+
     /// Storage answers and, on a replica that serves inference, the default model is loaded:
     /// what /readyz and the protocol's server readiness (REST and gRPC) report.
     pub async fn is_ready(&self) -> bool {
