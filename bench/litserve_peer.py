@@ -13,7 +13,7 @@ import base64
 import litserve as ls
 import torch
 
-from peer_model import answer, build, png_pixels
+from peer_model import answer, as_images, build, png_pixels
 
 
 class Classifier(ls.LitAPI):
@@ -31,7 +31,7 @@ class Classifier(ls.LitAPI):
         return png_pixels(base64.b64decode(request["image"]))
 
     def predict(self, pixels):
-        return self.classify(pixels.float().div(255).view(-1, 1, 28, 28)).tolist()
+        return self.classify(as_images(pixels)).tolist()
 
     def encode_response(self, probs):
         return answer(self.names, probs)

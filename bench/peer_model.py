@@ -2,6 +2,7 @@
 model.safetensors, for the peer servers the benchmarks compare vae-serve with (the same weights,
 the same arithmetic: linear → inference-mode batch norm → ReLU per hidden layer)."""
 import base64
+import functools
 import io
 import json
 import math
@@ -13,6 +14,13 @@ from PIL import Image
 from safetensors.torch import load_file
 
 EPS = 1e-5
+
+
+@functools.lru_cache
+def _load(model_dir):
+    """(config, weights) of a model folder, read once however many parts are built from it."""
+    manifest = json.load(open(os.path.join(model_dir, "manifest.json")))
+    return manifest["config"], load_file(os.path.join(model_dir, "model.safetensors"))
 
 
 def bn_mlp(w, prefix, x, layers):
@@ -27,9 +35,7 @@ def bn_mlp(w, prefix, x, layers):
 def build_encoder(model_dir):
     """encode(x, probabilities) -> (mean, log_var): q(z|x), reading the class probabilities
     after the pixels when the model's encoder reads the label."""
-    manifest = json.load(open(os.path.join(model_dir, "manifest.json")))
-    w = load_file(os.path.join(model_dir, "model.safetensors"))
-    config = manifest["config"]
+    config, w = _load(model_dir)
     layers = len(config["hidden"])
 
     def encode(x, probabilities):
@@ -45,9 +51,7 @@ def build_encoder(model_dir):
 
 def build(model_dir):
     """(config, classes, classify(x) -> probabilities, decode(z, y) -> intensities)."""
-    manifest = json.load(open(os.path.join(model_dir, "manifest.json")))
-    w = load_file(os.path.join(model_dir, "model.safetensors"))
-    config = manifest["config"]
+    config, w = _load(model_dir)
     layers = len(config["hidden"])
     k = len(config["label_names"])
 
@@ -68,9 +72,14 @@ def png_pixels(body):
     return torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
 
 
+def as_images(pixels):
+    """Greyscale bytes [N, 784] as the model's input: intensities in [0, 1], [N, 1, 28, 28]."""
+    return pixels.float().div(255).view(-1, 1, 28, 28)
+
+
 def classify_pngs(classify, bodies):
     """Class probabilities, one row per PNG body, from one forward pass over all of them."""
-    return classify(torch.stack([png_pixels(b) for b in bodies]).float().div(255).view(-1, 1, 28, 28)).tolist()
+    return classify(as_images(torch.stack([png_pixels(b) for b in bodies]))).tolist()
 
 
 def answer(names, probs):
@@ -78,6 +87,13 @@ def answer(names, probs):
     best = max(range(len(names)), key=lambda i: probs[i])
     return {"results": [{"label": best, "name": names[best], "probability": probs[best],
                          "probabilities": dict(zip(names, probs))}]}
+
+
+def png_of(image):
+    """A greyscale PNG of one image [H, W] with intensities in [0, 1]."""
+    out = io.BytesIO()
+    Image.frombytes("L", (image.shape[1], image.shape[0]), bytes(image.mul(255).round().byte().flatten().tolist())).save(out, "PNG")
+    return out.getvalue()
 
 
 def grid_png(images):
@@ -89,9 +105,7 @@ def grid_png(images):
     for i in range(n):
         r, c = divmod(i, columns)
         grid[2 + r * 30: 30 + r * 30, 2 + c * 30: 30 + c * 30] = images[i]
-    out = io.BytesIO()
-    Image.frombytes("L", (grid.shape[1], grid.shape[0]), bytes(grid.mul(255).round().byte().flatten().tolist())).save(out, "PNG")
-    return out.getvalue()
+    return png_of(grid)
 
 
 def sample_pngs(decode, latent, classes, asked):
@@ -111,17 +125,13 @@ def reconstruct_pngs(classify, encode, decode, bodies):
     """What POST /reconstruct answers per uploaded PNG: the reconstruction from the posterior mean
     (the decoder and, where it reads one, the encoder given the class probabilities) as a base64
     PNG, with −log p(x|z), the KL and the ELBO in nats."""
-    x = torch.stack([png_pixels(b) for b in bodies]).float().div(255).view(-1, 1, 28, 28)
+    x = as_images(torch.stack([png_pixels(b) for b in bodies]))
     probabilities = classify(x)
     mean, log_var = encode(x, probabilities)
     intensities = decode(mean, probabilities)
     flat = x.flatten(1)
     nll = F.binary_cross_entropy(intensities.clamp(1e-7, 1 - 1e-7), flat, reduction="none").sum(1)
     kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(1)
-    answers = []
-    for i in range(x.shape[0]):
-        out = io.BytesIO()
-        Image.frombytes("L", (28, 28), bytes(intensities[i].mul(255).round().byte().tolist())).save(out, "PNG")
-        answers.append({"results": [{"reconstruction": base64.b64encode(out.getvalue()).decode(), "reconstruction_error": nll[i].item(),
-                                     "kl": kl[i].item(), "elbo": -(nll[i] + kl[i]).item()}]})
-    return answers
+    return [{"results": [{"reconstruction": base64.b64encode(png_of(intensities[i].view(28, 28))).decode(),
+                          "reconstruction_error": nll[i].item(), "kl": kl[i].item(), "elbo": -(nll[i] + kl[i]).item()}]}
+            for i in range(x.shape[0])]
