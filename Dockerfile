@@ -18,13 +18,22 @@ ARG VARIANT
 ARG TORCH_VERSION
 ARG TORCH_INDEX_URL
 RUN apt-get update && apt-get install -y --no-install-recommends python3-venv && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/torch \
- && if [ "$VARIANT" = "cpu" ] && [ -n "$TORCH_INDEX_URL" ]; then \
-      /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "$TORCH_INDEX_URL"; \
+# torch goes into /opt/torch with `pip --target`, so libtorch sits at /opt/torch/torch whatever the
+# Python version, and the build reads it there (LIBTORCH) without importing torch. CPU: the torch
+# wheel alone, then only the CUDA runtime and CUPTI that PyPI's (CUDA) build of libtorch_cpu links,
+# at the cuda-toolkit version torch pins; torch's own CUDA libraries are deleted in the same step,
+# so the layer is about 0.7 GB where the wheel with all its dependencies is 4.6 GB (a build on a
+# small disk ran out of space committing it). CUDA: the wheel with every dependency.
+RUN python3 -m venv /opt/pip \
+ && if [ "$VARIANT" = "cpu" ]; then \
+      /opt/pip/bin/pip install --no-cache-dir --no-deps --target /opt/torch ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"} "torch==${TORCH_VERSION}" \
+      && cuda_runtime=$(sed -n 's/^Requires-Dist: cuda-toolkit\[[^]]*\]\([^;]*\);.*/cuda-toolkit[cudart,cupti]\1/p' /opt/torch/torch-*.dist-info/METADATA) \
+      && if [ -n "$cuda_runtime" ]; then /opt/pip/bin/pip install --no-cache-dir --target /opt/torch "$cuda_runtime"; fi \
+      && rm -f /opt/torch/torch/lib/libtorch_cuda*.so /opt/torch/torch/lib/libc10_cuda.so /opt/torch/torch/lib/libtorch_nvshmem.so /opt/torch/torch/lib/libtorch_python.so; \
     else \
-      /opt/torch/bin/pip install --no-cache-dir "torch==${TORCH_VERSION}"; \
+      /opt/pip/bin/pip install --no-cache-dir --target /opt/torch "torch==${TORCH_VERSION}"; \
     fi
-ENV LIBTORCH_USE_PYTORCH=1 PATH=/opt/torch/bin:$PATH
+ENV LIBTORCH=/opt/torch/torch
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
@@ -39,7 +48,7 @@ RUN mkdir /runtime \
  && if [ "$VARIANT" = "cpu" ]; then \
       ldd /usr/local/bin/vae-serve | awk '$3 ~ "^/opt/torch/" {print $3}' | xargs realpath -s | xargs cp --parents -t /runtime; \
     else \
-      cp -a --parents /opt/torch/lib/python3.11/site-packages /runtime; \
+      cp -a --parents /opt/torch /runtime; \
     fi
 
 FROM debian:bookworm-slim AS runtime

@@ -27,7 +27,7 @@ fi
 
 # Images left by a run that was stopped before its clean-up are gigabytes each.
 podman image prune -f >/dev/null 2>&1 || true
-# The build needs room for torch's wheel (4.6 GB), a release build and the image: say how much
+# The build needs room for torch's CPU libraries (0.7 GB), a release build and the image: say how much
 # there is, so that a full disk reads as one.
 store=$(podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers/storage)
 mkdir -p "$store"
