@@ -154,9 +154,10 @@ pub struct ServeArgs {
     /// batches are small, so one thread leaves the other cores to HTTP and image decoding.
     #[arg(long, env = "VAE_INFERENCE_THREADS", default_value_t = 1)]
     pub inference_threads: usize,
-    /// Serve with int8 weights in the fully connected layers (batch norm folded in, activations
-    /// quantized per batch; fbgemm): a few times less model time per batch on CPU, outputs within
-    /// about 1%. Convolutional layers and training stay float32; ignored on a GPU.
+    /// Serve with int8 weights in the fully connected layers (activations quantized per batch;
+    /// fbgemm) instead of float32: a few times less model time per batch on CPU, outputs within
+    /// about 1%. Either way, on CPU, batch norm is folded into those layers' weights at load.
+    /// Convolutional layers and training stay float32; ignored on a GPU.
     #[arg(long, env = "VAE_INFERENCE_INT8", default_value_t = false, action = clap::ArgAction::Set)]
     pub inference_int8: bool,
     /// Training jobs run at once (each on its own thread).

@@ -368,7 +368,12 @@ fn int8_inference_answers_as_float_does_over_http() {
     assert!(agree >= 297, "int8 and float agree on {agree} of 300 test digits");
     let correct = int8_labels.iter().zip(&digits).filter(|(l, (_, label))| *l == label).count();
     assert!(correct >= 270, "int8 classifies {correct} of 300 test digits correctly");
-    assert!(int8.log_contains("\"quantized\":true") || int8.log_contains("quantized=true"), "the log says int8 is in effect");
+    let packed_as = |server: &Server, precision: &str| {
+        server.log_contains(&format!("\"precision\":\"{precision}\",\"packed\":true"))
+            || server.log_contains(&format!("precision={precision} packed=true"))
+    };
+    assert!(packed_as(&int8, "int8"), "the log says int8 is in effect");
+    assert!(packed_as(&float, "float32"), "the log says the float32 layers are folded");
     // Generation and reconstruction run through the quantized decoder and encoder too.
     let sample = http.get(int8.url("/sample?n=4&label=3&seed=1")).send().unwrap();
     assert_eq!(sample.status(), 200);

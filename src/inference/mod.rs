@@ -55,7 +55,7 @@ pub struct BatchingConfig {
     pub loaded_models: usize,
     /// Torch intra-op CPU threads on each model thread.
     pub threads: usize,
-    /// Fully connected layers in int8 on CPU (`Vae::quantize`).
+    /// Fully connected layers in int8 on CPU, else float32 (`Vae::pack`).
     pub int8: bool,
 }
 

@@ -15,6 +15,7 @@ use super::{
     WorkerState,
 };
 use crate::models::objective::{kl_to_standard_normal, negative_log_likelihood};
+use crate::models::packed::Precision;
 use crate::models::{self, artifact, Architecture, LoadedModel};
 use crate::telemetry::Metrics;
 
@@ -29,7 +30,7 @@ pub(super) struct Context {
 pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Receiver<Job>) {
     let _no_grad = tch::no_grad_guard();
     crate::runtime::set_torch_threads_of_this_thread(context.batching.threads);
-    let model = match artifact::load(&context.dir, context.device).and_then(|(_, model)| quantize_if_asked(&context, model)) {
+    let model = match artifact::load(&context.dir, context.device).and_then(|(_, model)| pack_on_cpu(&context, model)) {
         Ok(model) => model,
         Err(error) => {
             tracing::warn!(model = %context.id, %error, "model not loaded");
@@ -50,11 +51,15 @@ pub(super) fn run(context: Context, state: watch::Sender<WorkerState>, queue: Re
     tracing::info!(model = %context.id, "model unloaded");
 }
 
-/// Switches the model to int8 where asked and where it can: on CPU, in its fully connected layers.
-fn quantize_if_asked(context: &Context, mut model: LoadedModel) -> Result<LoadedModel, models::ModelError> {
-    if context.batching.int8 {
-        let quantized = context.device == Device::Cpu && model.model.quantize()?;
-        tracing::info!(model = %context.id, quantized, "int8 inference asked (fully connected layers on CPU only)");
+/// On CPU, prepacks the model's fully connected layers for inference, batch norm folded in: int8
+/// where asked, float32 otherwise. On a GPU the model runs as trained.
+fn pack_on_cpu(context: &Context, mut model: LoadedModel) -> Result<LoadedModel, models::ModelError> {
+    let precision = if context.batching.int8 { Precision::Int8 } else { Precision::Float32 };
+    if context.device == Device::Cpu {
+        let packed = model.model.pack(precision)?;
+        tracing::info!(model = %context.id, %precision, packed, "fully connected layers prepacked for inference");
+    } else if context.batching.int8 {
+        tracing::info!(model = %context.id, device = ?context.device, "int8 inference asked: CPU only, serving float32");
     }
     Ok(model)
 }

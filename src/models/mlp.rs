@@ -4,15 +4,15 @@ use tch::{nn, nn::Module, Tensor};
 
 use super::batch_norm::{BatchNorm, BnControl};
 use super::layers;
-use super::quantized::{Dense, QuantizedLinear};
+use super::packed::{Dense, PackedLinear, Precision};
 use super::{ModelConfig, ModelError, Posterior, Vae};
 
 /// Linear → BN → ReLU blocks: the hidden stack of every MLP part.
 #[derive(Debug)]
 pub struct BnMlp {
     layers: Vec<(nn::Linear, BatchNorm)>,
-    /// Each block's linear layer and inference-time batch norm folded into one, as int8.
-    int8: Option<Vec<QuantizedLinear>>,
+    /// Each block's linear layer and inference-time batch norm folded into one, prepacked.
+    packed: Option<Vec<PackedLinear>>,
 }
 
 impl BnMlp {
@@ -24,14 +24,14 @@ impl BnMlp {
             layers.push((linear, BatchNorm::new(path / format!("bn{i}"), width, bn)));
             fan_in = width;
         }
-        Self { layers, int8: None }
+        Self { layers, packed: None }
     }
 
-    /// Float in training, int8 in inference once quantized.
+    /// The float weights in training, the prepacked ones in inference once packed.
     pub fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        match (&self.int8, train) {
-            (Some(int8), false) => int8.iter().fold(x.shallow_clone(), |h, block| {
-                block.forward(&h, true).expect("a quantized block runs on the input its float twin takes")
+        match (&self.packed, train) {
+            (Some(packed), false) => packed.iter().fold(x.shallow_clone(), |h, block| {
+                block.forward(&h, true).expect("a packed block runs on the input its float twin takes")
             }),
             _ => self.layers.iter().fold(x.shallow_clone(), |h, (linear, bn)| bn.forward(&linear.forward(&h), train).relu()),
         }
@@ -46,12 +46,12 @@ impl BnMlp {
         })
     }
 
-    pub fn quantize(&mut self) -> Result<(), ModelError> {
+    pub fn pack(&mut self, precision: Precision) -> Result<(), ModelError> {
         let blocks = self.layers.iter().map(|(linear, bn)| {
             let (weight, bias) = bn.fold_into(linear);
-            QuantizedLinear::new(&weight, Some(&bias))
+            PackedLinear::new(&weight, Some(&bias), precision)
         });
-        self.int8 = Some(blocks.collect::<Result<_, _>>()?);
+        self.packed = Some(blocks.collect::<Result<_, _>>()?);
         Ok(())
     }
 }
@@ -130,12 +130,12 @@ impl Vae for MlpVae {
         self.likelihood_log_var.as_ref()
     }
 
-    fn quantize(&mut self) -> Result<bool, ModelError> {
-        self.encoder.quantize()?;
-        self.mean.quantize()?;
-        self.log_var.quantize()?;
-        self.decoder.quantize()?;
-        self.output.quantize()?;
+    fn pack(&mut self, precision: Precision) -> Result<bool, ModelError> {
+        self.encoder.pack(precision)?;
+        self.mean.pack(precision)?;
+        self.log_var.pack(precision)?;
+        self.decoder.pack(precision)?;
+        self.output.pack(precision)?;
         Ok(true)
     }
 }

@@ -7,7 +7,7 @@ pub mod conv;
 pub mod layers;
 pub mod mlp;
 pub mod objective;
-pub mod quantized;
+pub mod packed;
 pub mod semi_supervised;
 
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,8 @@ pub enum ModelError {
     Artifact { path: String, why: String },
     #[error(transparent)]
     Torch(#[from] tch::TchError),
-    #[error("int8 quantization failed: {0}")]
-    Quantization(String),
+    #[error("packing weights for inference failed: {0}")]
+    Packing(String),
 }
 
 /// Channels × height × width of the images a model reads and writes.
@@ -179,10 +179,10 @@ pub trait Vae: Send {
     }
     /// Model-level extra parameters of the likelihood (the learned Gaussian log-variance).
     fn likelihood_log_var(&self) -> Option<&Tensor>;
-    /// Switches inference (`train = false`) to int8 fully connected layers, batch norm folded in
-    /// (`quantized`); training keeps the float weights. False: the model has no part that does
-    /// (the convolutional model).
-    fn quantize(&mut self) -> Result<bool, ModelError> {
+    /// Switches inference (`train = false`) to prepacked fully connected layers in `precision`,
+    /// batch norm folded in (`packed`); training keeps the float weights. CPU only. False: the
+    /// model has no part that does (the convolutional model).
+    fn pack(&mut self, _precision: packed::Precision) -> Result<bool, ModelError> {
         Ok(false)
     }
     /// The cost of a batch; `labels[i] < 0` marks an unlabelled example (models without a

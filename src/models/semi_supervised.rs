@@ -19,7 +19,7 @@ use super::batch_norm::BnControl;
 use super::layers;
 use super::mlp::{BnMlp, MlpVae};
 use super::objective::{every_label, kl_to_standard_normal, negative_log_likelihood, BatchObjective};
-use super::quantized::Dense;
+use super::packed::{Dense, Precision};
 use super::{ModelConfig, ModelError, Posterior, UnlabeledObjective, Vae};
 
 pub struct SemiSupervisedVae {
@@ -78,10 +78,10 @@ impl Vae for SemiSupervisedVae {
         self.vae.likelihood_log_var()
     }
 
-    fn quantize(&mut self) -> Result<bool, ModelError> {
-        self.vae.quantize()?;
-        self.classifier.quantize()?;
-        self.classifier_out.quantize()?;
+    fn pack(&mut self, precision: Precision) -> Result<bool, ModelError> {
+        self.vae.pack(precision)?;
+        self.classifier.pack(precision)?;
+        self.classifier_out.pack(precision)?;
         Ok(true)
     }
 
