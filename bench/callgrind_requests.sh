@@ -13,6 +13,7 @@
 # Prints one markdown row per endpoint × concurrency. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SERVER=${1:-./target/release/vae-serve}
 settings=${SERVER% *} binary=${SERVER##* }
 [ "$settings" = "$SERVER" ] && settings=""
@@ -29,8 +30,7 @@ env RUST_LOG=warn $settings valgrind --tool=callgrind --instr-atstart=no --callg
   "$binary" serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
   --default-model mnist-ssvae 2>"$OUT/server.log" &
 server=$!
-for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.2; done
-curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { tail -20 "$OUT/server.log" >&2; exit 1; }
+wait_up "http://127.0.0.1:$PORT/readyz" 120 "$OUT/server.log"
 
 # count ENDPOINT CONCURRENCY REQUESTS: instructions of the whole process per request.
 count() {

@@ -12,6 +12,7 @@
 # is literal and `?` needs a class: `[?]`. Fails if any request was not answered 200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 MINUTES=${1:-10}
 BIN=./target/release/vae-serve
 PY=./.venv/bin/python
@@ -25,7 +26,7 @@ command -v oha >/dev/null || cargo install oha --locked >&2
 
 RUST_LOG=warn "$BIN" serve --addr 127.0.0.1:18280 --models-dir models --database "$OUT/soak.db" --default-model mnist-ssvae 2>"$OUT/serve.log" &
 pid=$!
-for _ in $(seq 100); do curl -fs http://127.0.0.1:18280/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+wait_up http://127.0.0.1:18280/readyz 10
 # "RSS_KB,RSS_ANON_KB,RSS_FILE_KB"
 rss_kb() { awk '/^VmRSS/ {t = $2} /^RssAnon/ {a = $2} /^RssFile/ {f = $2} END {printf "%d,%d,%d", t, a, f}' "/proc/$pid/status"; }
 # "RSS_KB,RSS_ANON_KB,RSS_FILE_KB,HEAP_IN_USE_KB,HEAP_FREE_KB"

@@ -8,6 +8,7 @@
 # BEFORE and AFTER are a binary, optionally after settings: "VAE_INFERENCE_INT8=true target/release/vae-serve".
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 BEFORE=$1 AFTER=$2 PASSES=${3:-3} SECONDS_PER_RUN=${4:-10}
 PORT=${PORT:-18680}
 OUT=$(mktemp -d)
@@ -21,9 +22,7 @@ start() {
   env RUST_LOG=warn $1 serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
     --default-model mnist-ssvae 2>"$OUT/server.log" &
   server=$!
-  for _ in $(seq 200); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
-  tail -20 "$OUT/server.log" >&2
-  exit 1
+  wait_up "http://127.0.0.1:$PORT/readyz" 20 "$OUT/server.log"
 }
 
 for pass in $(seq "$PASSES"); do

@@ -8,6 +8,7 @@
 # Needs `make build`; installs oha (cargo) and the peer's Python packages (.venv) when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SECONDS_PER_RUN=${1:-5}
 BIN=./target/release/vae-serve
 PY=./.venv/bin/python
@@ -21,7 +22,6 @@ command -v oha >/dev/null || cargo install oha --locked >&2
 # One MNIST test digit as a PNG request body.
 "$PY" bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
-wait_up() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # load NAME URL METHOD CONCURRENCY -> appends a JSON line to $OUT/results.jsonl

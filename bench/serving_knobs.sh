@@ -11,6 +11,7 @@
 # Needs `make build` and oha (installed with cargo when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 ROUNDS=${1:-1}
 shift || true
 SETTINGS=("$@")
@@ -29,7 +30,7 @@ run() {
   env "${vars[@]}" RUST_LOG=warn "$BIN" serve --addr 127.0.0.1:18480 --models-dir models --database "$OUT/knobs.db" \
     --default-model mnist-ssvae 2>/dev/null &
   local pid=$!
-  for _ in $(seq 100); do curl -fs http://127.0.0.1:18480/readyz >/dev/null 2>&1 && break; sleep 0.1; done
+  wait_up http://127.0.0.1:18480/readyz 10
   local row="| $1 |"
   for c in 1 16 64; do
     row="$row $(oha -z 4s -c "$c" --no-tui --output-format json -m POST -T image/png -D "$OUT/digit.png" http://127.0.0.1:18480/classify \

@@ -12,6 +12,7 @@
 # Prints a markdown table; raw results in bench/out/v2-compare.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 SECONDS_PER_CELL=${1:-5}
 BIN=./target/release/vae-serve
 MODEL=models/mnist-ssvae/v1
@@ -41,7 +42,6 @@ stop() {
   kill -9 "$1" 2>/dev/null || true
 }
 
-wait_up() { for _ in $(seq 600); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
 
 # cell SERVER FORM URL BODY HEADER_LENGTH CONTENT_TYPE ROWS
 cell() {
