@@ -8,7 +8,8 @@
 #
 #   bench/callgrind_requests.sh [SERVER]     (default ./target/release/vae-serve)
 #
-# SERVER is a binary, optionally after settings: "VAE_INFERENCE_INT8=true target/release/vae-serve".
+# SERVER is a binary, optionally after settings: "VAE_INFERENCE_INT8=true target/release/vae-serve";
+# or the floor, target/release/examples/http_floor (`/classify` at concurrency 1 only).
 #
 # Prints one markdown row per endpoint × concurrency. Needs valgrind (apt-get install valgrind).
 set -euo pipefail
@@ -24,13 +25,26 @@ trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$OUT"' EXIT
 command -v valgrind >/dev/null || { echo "needs valgrind (apt-get install valgrind)" >&2; exit 1; }
 python3 bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
+# The floor (examples/http_floor.rs) answers a fixed body on the same HTTP stack: what HTTP alone costs.
+floor=false
+[ "$(basename "$binary")" = http_floor ] && floor=true
+if $floor; then
+  echo '{"results":[{"label":7}]}' >"$OUT/answer.json"
+  arguments=("127.0.0.1:$PORT" "$OUT/answer.json") ready=/classify
+else
+  arguments=(serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" --default-model mnist-ssvae)
+  ready=/readyz
+fi
 # valgrind runs every thread of the server on one core, one at a time.
 # shellcheck disable=SC2086 # settings are words
 env RUST_LOG=warn $settings valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
-  "$binary" serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
-  --default-model mnist-ssvae 2>"$OUT/server.log" &
+  "$binary" "${arguments[@]}" 2>"$OUT/server.log" &
 server=$!
-wait_up "http://127.0.0.1:$PORT/readyz" 120 "$OUT/server.log"
+if $floor; then
+  for _ in $(seq 600); do python3 bench/fixed_load.py "http://127.0.0.1:$PORT$ready" "$OUT/digit.png" 1 1 >/dev/null 2>&1 && break; sleep 0.2; done
+else
+  wait_up "http://127.0.0.1:$PORT$ready" 120 "$OUT/server.log"
+fi
 
 # count ENDPOINT CONCURRENCY REQUESTS: instructions of the whole process per request.
 count() {
@@ -50,5 +64,6 @@ count() {
 echo "| endpoint | concurrency | requests | instructions per request |"
 echo "|---|---|---|---|"
 count /classify 1 300
+$floor && exit 0
 count /classify 64 640
 count "/sample?n=1&label=3&seed=0" 64 640
