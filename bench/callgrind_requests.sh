@@ -41,7 +41,7 @@ env RUST_LOG=warn $settings valgrind --tool=callgrind --instr-atstart=no --callg
   "$binary" "${arguments[@]}" 2>"$OUT/server.log" &
 server=$!
 if $floor; then
-  for _ in $(seq 600); do python3 bench/fixed_load.py "http://127.0.0.1:$PORT$ready" "$OUT/digit.png" 1 1 >/dev/null 2>&1 && break; sleep 0.2; done
+  wait_answer "http://127.0.0.1:$PORT$ready" "$OUT/digit.png" image/png 120 "$OUT/server.log"
 else
   wait_up "http://127.0.0.1:$PORT$ready" 120 "$OUT/server.log"
 fi

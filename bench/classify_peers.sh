@@ -73,11 +73,6 @@ PROPERTIES
 
 # ask URL BODY CONTENT_TYPE: one request, its answer on stdout; fails unless it is a 200.
 ask() { curl -fs -H "content-type: $3" --data-binary @"$2" "$1"; }
-# until_answer URL BODY CONTENT_TYPE: waits (up to 2 minutes) for the server to answer a request.
-until_answer() {
-  for _ in $(seq 600); do ask "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
-  echo "no answer from $1" >&2; exit 1
-}
 
 # start NAME: runs that server on $PORT (in its own process group) and sets url, body, content_type.
 start() {
@@ -109,7 +104,7 @@ start() {
       setsid target/release/examples/http_floor "127.0.0.1:$PORT" "$OUT/answer-vae-serve-float32.json" >"$OUT/server.log" 2>&1 &
       server=$! ;;
   esac
-  until_answer "$url" "$body" "$content_type"
+  wait_answer "$url" "$body" "$content_type" 120
   ask "$url" "$body" "$content_type" >"$OUT/answer-${1// /-}.json"
   # The other endpoints, where this server has them.
   case $1 in
@@ -118,7 +113,7 @@ start() {
     *) sample_url="" reconstruct_url="" ;;
   esac
   if [ -n "$sample_url" ]; then
-    until_answer "$reconstruct_url" "$body" "$content_type"
+    wait_answer "$reconstruct_url" "$body" "$content_type" 120
     ask "$reconstruct_url" "$body" "$content_type" >"$OUT/reconstruct-${1// /-}.json"
     curl -fs "$sample_url" | head -c 4 | tail -c 3 >"$OUT/sample-${1// /-}.txt"
   fi

@@ -1,14 +1,22 @@
 # Helpers the bench scripts share (`. bench/lib.sh` from the repository root).
 
-# wait_up URL [SECONDS] [LOG]: waits (default 60 s) until URL answers a 200; otherwise names it,
-# prints the end of LOG when given, and fails.
-wait_up() {
-  local url=$1 tries=$((${2:-60} * 10)) log=${3:-}
+# wait_for URL SECONDS LOG COMMAND...: runs COMMAND every 0.1 s until it succeeds, for at most
+# SECONDS; otherwise names URL, prints the end of LOG when given, and fails.
+wait_for() {
+  local url=$1 tries=$(($2 * 10)) log=$3
+  shift 3
   for _ in $(seq "$tries"); do
-    curl -fs "$url" >/dev/null 2>&1 && return 0
+    "$@" >/dev/null 2>&1 && return 0
     sleep 0.1
   done
   echo "no answer from $url" >&2
   if [ -n "$log" ]; then tail -20 "$log" >&2; fi
   return 1
 }
+
+# wait_up URL [SECONDS] [LOG]: waits (default 60 s) until a GET of URL answers a 200.
+wait_up() { wait_for "$1" "${2:-60}" "${3:-}" curl -fs "$1"; }
+
+# wait_answer URL BODY CONTENT_TYPE [SECONDS] [LOG]: waits (default 60 s) until a POST of the file
+# BODY to URL answers a 200, for servers (and endpoints) without a GET to ask.
+wait_answer() { wait_for "$1" "${4:-60}" "${5:-}" curl -fs -H "content-type: $3" --data-binary @"$2" "$1"; }
