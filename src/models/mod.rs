@@ -82,6 +82,12 @@ pub struct ModelConfig {
     /// random label y and what the model's own classifier (held fixed) reads in the decoder's
     /// output for a prior code and y clamped; it makes the label, not z, decide the class.
     pub label_consistency_weight: f64,
+    /// Semi-supervised only: weight of virtual adversarial training (Miyato et al. 2018), the KL
+    /// between q(y|x) and q(y|x + r) for the perturbation r that changes q(y|x) most; it smooths
+    /// the classifier around every image, labelled or not.
+    pub virtual_adversarial_weight: f64,
+    /// Semi-supervised only: the L2 norm of that perturbation, in pixel intensities (0..1).
+    pub virtual_adversarial_radius: f64,
     /// Semi-supervised only: the encoder reads the label too, q(z|x, y) as in M2, so z need not
     /// carry the class and the clamped label decides it when sampling. Unlabelled examples are
     /// encoded once per label; without a label the encoder reads q(y|x).
@@ -101,6 +107,8 @@ impl Default for ModelConfig {
             unlabeled_objective: UnlabeledObjective::Marginalize,
             classifier_weight: 1.0,
             label_consistency_weight: 0.0,
+            virtual_adversarial_weight: 0.0,
+            virtual_adversarial_radius: 2.0,
             label_in_encoder: false,
         }
     }
@@ -129,8 +137,18 @@ impl ModelConfig {
                 return fail(format!("conv: {stages} stages halve the image {stages} times; {height}x{width} is too small for that"));
             }
         }
-        if !(self.label_consistency_weight.is_finite() && self.label_consistency_weight >= 0.0) {
-            return fail(format!("label_consistency_weight {} must be finite and ≥ 0", self.label_consistency_weight));
+        for (name, weight) in
+            [("label_consistency_weight", self.label_consistency_weight), ("virtual_adversarial_weight", self.virtual_adversarial_weight)]
+        {
+            if !(weight.is_finite() && weight >= 0.0) {
+                return fail(format!("{name} {weight} must be finite and ≥ 0"));
+            }
+            if weight > 0.0 && self.architecture != Architecture::SemiSupervised {
+                return fail(format!("{name}: only semi-supervised models have a classifier for it"));
+            }
+        }
+        if !(self.virtual_adversarial_radius.is_finite() && self.virtual_adversarial_radius > 0.0) {
+            return fail(format!("virtual_adversarial_radius {} must be finite and > 0", self.virtual_adversarial_radius));
         }
         if self.label_in_encoder && self.architecture != Architecture::SemiSupervised {
             return fail("label_in_encoder: only semi-supervised models have labels to encode".into());

@@ -12,6 +12,10 @@
 //! With γ > 0 (`label_consistency_weight`), training adds γ·CE(q(y|x̂), y) for x̂ decoded from a
 //! prior code and a random label y clamped, the classifier held fixed: the decoder learns to
 //! draw the class it is given, so z cannot override y when sampling.
+//!
+//! With a virtual adversarial weight > 0, training adds KL(q(y|x) ‖ q(y|x + r_adv)) for every
+//! image (`virtual_adversarial`): the classifier, trained on 100 labels, is what decides which
+//! class the decoder learns from each unlabelled image.
 
 use tch::{nn, Kind, Tensor};
 
@@ -88,7 +92,7 @@ impl Vae for SemiSupervisedVae {
     fn objective(&self, images: &Tensor, classifier_view: Option<&Tensor>, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
         let mut batch = objective(self, images, classifier_view, labels, kl_weight, train);
         let weight = self.config().label_consistency_weight;
-        if train && weight > 0.0 {
+        if learns(train, &batch.loss) && weight > 0.0 {
             batch.loss += self.label_consistency(images.size()[0], images.device()) * weight;
         }
         batch
@@ -108,6 +112,13 @@ impl SemiSupervisedVae {
         let logits = self.classifier_out.forward_frozen(&self.classifier.forward_frozen(&drawn.flatten(1, -1)));
         logits.cross_entropy_for_logits(&labels)
     }
+}
+
+/// Whether the loss is for learning, so its regularisers belong in it: training mode with
+/// gradients recorded. The fixed-point BN pass runs training mode without gradients, and each
+/// batch must go through each BN layer exactly once there.
+fn learns(train: bool, loss_part: &Tensor) -> bool {
+    train && loss_part.requires_grad()
 }
 
 /// One training or evaluation step's objective. `labels[i] < 0` marks example i as unlabelled.
@@ -172,6 +183,12 @@ pub fn objective(
             (nll_of(&z, &y, images), kl, Tensor::zeros([batch], (Kind::Float, images.device())))
         }
     };
+    let smoothing = match config.virtual_adversarial_weight {
+        weight if learns(train, &logits) && weight > 0.0 => {
+            virtual_adversarial(model, classifier_view.unwrap_or(images), &log_probs, config.virtual_adversarial_radius) * weight
+        }
+        _ => Tensor::zeros([], (Kind::Float, images.device())),
+    };
     let cross_entropy = -log_probs.gather(1, &safe_labels.unsqueeze(1), false).squeeze_dim(1);
     let n_labelled = labelled.sum(Kind::Float).clamp_min(1.0);
     let classification = (cross_entropy * labelled.to_kind(Kind::Float)).sum(Kind::Float) / &n_labelled;
@@ -179,8 +196,29 @@ pub fn objective(
     let reconstruction_mean = (&reconstruction + &label_terms).mean(Kind::Float);
     let kl_mean = kl.mean(Kind::Float);
     let negative_elbo = &reconstruction_mean + &kl_mean + log_k;
-    let loss = &reconstruction_mean + &kl_mean * kl_weight + &classification * config.classifier_weight * (n_labelled / batch as f64);
+    let loss =
+        &reconstruction_mean + &kl_mean * kl_weight + &classification * config.classifier_weight * (n_labelled / batch as f64) + smoothing;
     BatchObjective { loss, negative_elbo, reconstruction: reconstruction_mean, kl: kl_mean, classification: Some(classification) }
+}
+
+/// Virtual adversarial training (Miyato et al. 2018): the mean KL(q(y|x) ‖ q(y|x + r)) over the
+/// batch, r of L2 norm `radius` along the direction that changes q(y|x) most, found by one power
+/// iteration from a random probe. `log_probs` are log q(y|x), held fixed as the target.
+fn virtual_adversarial(model: &dyn Vae, images: &Tensor, log_probs: &Tensor, radius: f64) -> Tensor {
+    // Small enough for the quadratic regime of the KL, large enough for float32 near intensity 1.
+    const PROBE_NORM: f64 = 1e-2;
+    let (target, images) = (log_probs.detach(), images.detach());
+    let divergence = |perturbation: &Tensor| {
+        let perturbed = model.classify(&(&images + perturbation), true).expect("semi-supervised models classify");
+        (target.exp() * (&target - perturbed.log_softmax(1, Kind::Float))).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float)
+    };
+    let unit = |t: &Tensor| {
+        let norms = t.flatten(1, -1).norm_scalaropt_dim(2, [1], false).clamp_min(1e-12);
+        t / norms.view([-1, 1, 1, 1])
+    };
+    let probe = (unit(&images.randn_like()) * PROBE_NORM).set_requires_grad(true);
+    let gradient = Tensor::run_backward(&[divergence(&probe)], &[&probe], false, false).remove(0);
+    divergence(&(unit(&gradient) * radius))
 }
 
 #[cfg(test)]
@@ -217,6 +255,53 @@ mod tests {
         let served = model.classifier_out.forward(&model.classifier.forward(&x, false), false);
         let frozen = model.classifier_out.forward_frozen(&model.classifier.forward_frozen(&x));
         assert!(served.allclose(&frozen, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn the_virtual_adversarial_direction_moves_the_classifier_more_than_a_random_one() {
+        tch::manual_seed(0);
+        let (vars, model) = small_model(|c| c.virtual_adversarial_weight = 1.0);
+        let x = Tensor::rand([32, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let log_probs = model.classify(&x, true).unwrap().log_softmax(1, Kind::Float);
+        let adversarial = virtual_adversarial(&model, &x, &log_probs, 2.0);
+        let random = tch::no_grad(|| {
+            let r = x.randn_like();
+            let r = &r / r.flatten(1, -1).norm_scalaropt_dim(2, [1], true).view([-1, 1, 1, 1]) * 2.0;
+            let perturbed = model.classify(&(&x + r), true).unwrap().log_softmax(1, Kind::Float);
+            (log_probs.exp() * (&log_probs - perturbed)).sum(Kind::Float).double_value(&[]) / 32.0
+        });
+        let adversarial_value = adversarial.double_value(&[]);
+        assert!(adversarial_value > 2.0 * random, "adversarial KL {adversarial_value} against random {random}");
+
+        adversarial.backward();
+        let touched = |prefix: &str| {
+            vars.variables()
+                .iter()
+                .any(|(name, v)| name.starts_with(prefix) && v.grad().defined() && v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0)
+        };
+        assert!(touched("classifier"), "the classifier learns from it");
+        assert!(!touched("encoder") && !touched("decoder"), "the generative model plays no part");
+    }
+
+    #[test]
+    fn regularisers_stay_out_of_the_batch_norm_statistics_pass() {
+        let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let none = Tensor::full([8], -1, (Kind::Int64, tch::Device::Cpu));
+        let loss = |adjust: fn(&mut ModelConfig), gradients: bool| {
+            tch::manual_seed(1);
+            let (_vars, model) = small_model(adjust);
+            let run = || model.objective(&x, None, &none, 1.0, true).loss.double_value(&[]);
+            if gradients {
+                run()
+            } else {
+                tch::no_grad(run)
+            }
+        };
+        let plain = |_: &mut ModelConfig| {};
+        let regularised = |c: &mut ModelConfig| (c.virtual_adversarial_weight, c.label_consistency_weight) = (1.0, 1.0);
+        // The fixed-point pass: training mode, no gradients; the regularisers would add passes.
+        assert_eq!(loss(plain, false), loss(regularised, false));
+        assert_ne!(loss(plain, true), loss(regularised, true), "learning adds them");
     }
 
     #[test]

@@ -100,6 +100,12 @@ pub struct TrainArgs {
     /// Semi-supervised: weight γ of the label-consistency term (0: off).
     #[arg(long)]
     pub label_consistency_weight: Option<f64>,
+    /// Semi-supervised: weight of virtual adversarial training of the classifier (0: off).
+    #[arg(long)]
+    pub virtual_adversarial_weight: Option<f64>,
+    /// Semi-supervised: L2 norm of the virtual adversarial perturbation, in intensities 0..1.
+    #[arg(long)]
+    pub virtual_adversarial_radius: Option<f64>,
     /// Semi-supervised: the encoder reads the label too, q(z|x, y) (true or false).
     #[arg(long)]
     pub label_in_encoder: Option<bool>,
@@ -150,6 +156,8 @@ impl TrainArgs {
         set(&mut model, "unlabeled_objective", self.unlabeled_objective.as_ref().map(json_of));
         set(&mut model, "classifier_weight", self.classifier_weight.as_ref().map(json_of));
         set(&mut model, "label_consistency_weight", self.label_consistency_weight.as_ref().map(json_of));
+        set(&mut model, "virtual_adversarial_weight", self.virtual_adversarial_weight.as_ref().map(json_of));
+        set(&mut model, "virtual_adversarial_radius", self.virtual_adversarial_radius.as_ref().map(json_of));
         set(&mut model, "label_in_encoder", self.label_in_encoder.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
