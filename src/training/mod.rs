@@ -133,9 +133,12 @@ impl TrainOptions {
             },
             // α = 10 and the classifier's shifted view: 95.0% with 100 labels against 81.8% without.
             // The label in the encoder: label fidelity 84.3% against 70.0%, −ELBO 110.7 against 114.2.
-            Architecture::SemiSupervised => {
-                Self { model: ModelConfig { classifier_weight: 10.0, label_in_encoder: true, ..common.model }, augment_shift: 2, ..common }
-            }
+            // Virtual adversarial training: see BENCHMARKS.md, "Virtual adversarial training".
+            Architecture::SemiSupervised => Self {
+                model: ModelConfig { classifier_weight: 10.0, label_in_encoder: true, virtual_adversarial_weight: 1.0, ..common.model },
+                augment_shift: 2,
+                ..common
+            },
         }
     }
 
@@ -655,7 +658,16 @@ mod tests {
     fn options_name_only_what_they_change_over_the_architectures_recipe() {
         assert_eq!(TrainOptions::resolve(serde_json::json!({})).unwrap(), TrainOptions::recommended(Architecture::Mlp));
         let semi: TrainOptions = serde_json::from_value(serde_json::json!({"model": {"architecture": "semi-supervised"}})).unwrap();
-        assert_eq!((semi.model.classifier_weight, semi.model.label_in_encoder, semi.augment_shift, semi.epochs), (10.0, true, 2, 60));
+        assert_eq!(
+            (
+                semi.model.classifier_weight,
+                semi.model.label_in_encoder,
+                semi.model.virtual_adversarial_weight,
+                semi.augment_shift,
+                semi.epochs
+            ),
+            (10.0, true, 1.0, 2, 60)
+        );
         let conv: TrainOptions = serde_json::from_value(serde_json::json!({
             "model": {"architecture": "conv", "latent_dim": 8},
             "optimizer": {"learning_rate": 1e-3},
