@@ -208,17 +208,22 @@ fn virtual_adversarial(model: &dyn Vae, images: &Tensor, log_probs: &Tensor, rad
     // Small enough for the quadratic regime of the KL, large enough for float32 near intensity 1.
     const PROBE_NORM: f64 = 1e-2;
     let (target, images) = (log_probs.detach(), images.detach());
-    let divergence = |perturbation: &Tensor| {
-        let perturbed = model.classify(&(&images + perturbation), true).expect("semi-supervised models classify");
-        (target.exp() * (&target - perturbed.log_softmax(1, Kind::Float))).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float)
-    };
-    let unit = |t: &Tensor| {
-        let norms = t.flatten(1, -1).norm_scalaropt_dim(2, [1], false).clamp_min(1e-12);
-        t / norms.view([-1, 1, 1, 1])
-    };
-    let probe = (unit(&images.randn_like()) * PROBE_NORM).set_requires_grad(true);
+    let divergence = |perturbation: &Tensor| classifier_divergence(model, &target, &(&images + perturbation));
+    let probe = (unit_per_image(&images.randn_like()) * PROBE_NORM).set_requires_grad(true);
     let gradient = Tensor::run_backward(&[divergence(&probe)], &[&probe], false, false).remove(0);
-    divergence(&(unit(&gradient) * radius))
+    divergence(&(unit_per_image(&gradient) * radius))
+}
+
+/// Mean KL(q ‖ q(y|x̃)) over the batch, for `target` = log q and x̃ `perturbed`.
+fn classifier_divergence(model: &dyn Vae, target: &Tensor, perturbed: &Tensor) -> Tensor {
+    let log_probs = model.classify(perturbed, true).expect("semi-supervised models classify").log_softmax(1, Kind::Float);
+    (target.exp() * (target - log_probs)).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float)
+}
+
+/// Each image of `[N, C, H, W]` scaled to L2 norm 1.
+fn unit_per_image(t: &Tensor) -> Tensor {
+    let norms = t.flatten(1, -1).norm_scalaropt_dim(2, [1], false).clamp_min(1e-12);
+    t / norms.view([-1, 1, 1, 1])
 }
 
 #[cfg(test)]
@@ -265,10 +270,8 @@ mod tests {
         let log_probs = model.classify(&x, true).unwrap().log_softmax(1, Kind::Float);
         let adversarial = virtual_adversarial(&model, &x, &log_probs, 2.0);
         let random = tch::no_grad(|| {
-            let r = x.randn_like();
-            let r = &r / r.flatten(1, -1).norm_scalaropt_dim(2, [1], true).view([-1, 1, 1, 1]) * 2.0;
-            let perturbed = model.classify(&(&x + r), true).unwrap().log_softmax(1, Kind::Float);
-            (log_probs.exp() * (&log_probs - perturbed)).sum(Kind::Float).double_value(&[]) / 32.0
+            let perturbed = &x + unit_per_image(&x.randn_like()) * 2.0;
+            classifier_divergence(&model, &log_probs, &perturbed).double_value(&[])
         });
         let adversarial_value = adversarial.double_value(&[]);
         assert!(adversarial_value > 2.0 * random, "adversarial KL {adversarial_value} against random {random}");
