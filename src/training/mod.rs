@@ -722,8 +722,10 @@ mod tests {
             (o.kl.double_value(&[]), o.classification.unwrap().double_value(&[]))
         };
         let (plain, same, shifted) = (run(None), run(Some(&images)), run(Some(&other_view)));
-        assert_eq!(plain, same, "a view equal to the images changes nothing");
-        assert_eq!(plain.0, shifted.0, "the encoder (KL) does not see the classifier's view");
-        assert_ne!(plain.1, shifted.1, "the classifier does");
+        // To rounding: tests running beside this one can change how libtorch splits a reduction.
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs());
+        assert!(close(plain.0, same.0) && close(plain.1, same.1), "a view equal to the images changes nothing");
+        assert!(close(plain.0, shifted.0), "the encoder (KL) does not see the classifier's view");
+        assert!(!close(plain.1, shifted.1), "the classifier does");
     }
 }
