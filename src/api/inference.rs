@@ -322,7 +322,7 @@ pub struct ClassifyResponse {
 pub async fn classify(State(state): State<AppState>, Model(model): Model, uploads: Uploads) -> Result<Response, ApiError> {
     let model = state.models.get(&model).await?;
     let info = model.info();
-    if info.config.architecture != crate::models::Architecture::SemiSupervised {
+    if !info.config.architecture.is_semi_supervised() {
         return Err(ApiError::BadRequest(format!(
             "model {} ({:?}) has no classifier: use a semi-supervised model, e.g. the default one at POST /classify or /v1/models/{{name}}/classify",
             info.id, info.config.architecture

@@ -16,7 +16,7 @@ use super::{
 };
 use crate::models::objective::{kl_to_standard_normal, negative_log_likelihood};
 use crate::models::packed::Precision;
-use crate::models::{self, artifact, Architecture, LoadedModel};
+use crate::models::{self, artifact, LoadedModel};
 use crate::telemetry::Metrics;
 
 pub(super) struct Context {
@@ -179,7 +179,7 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
     if !codes.is_empty() {
         let z = Tensor::cat(&codes.iter().map(|(_, z, _, _)| z.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device);
         let config = model.model.config();
-        let y = (config.architecture == Architecture::SemiSupervised).then(|| {
+        let y = config.architecture.is_semi_supervised().then(|| {
             let k = config.num_classes();
             let parts: Vec<Tensor> = codes
                 .iter()

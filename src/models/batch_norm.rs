@@ -87,13 +87,16 @@ impl BatchNorm {
         )
     }
 
-    /// Weight and bias of `linear` followed by this layer in inference, as one linear layer.
-    pub fn fold_into(&self, linear: &nn::Linear) -> (Tensor, Tensor) {
+    /// Weight and bias of a linear or convolutional layer (`weight` with output units first)
+    /// followed by this layer in inference, as one layer of the same kind.
+    pub fn fold_into(&self, weight: &Tensor, bias: Option<&Tensor>) -> (Tensor, Tensor) {
         tch::no_grad(|| {
             let scale = &self.weight / (&self.running_var + EPSILON).sqrt();
-            let weight = &linear.ws * scale.unsqueeze(1);
-            let bias = linear.bs.as_ref().map_or_else(|| self.running_mean.zeros_like(), Tensor::shallow_clone);
-            (weight, (bias - &self.running_mean) * scale + &self.bias)
+            let mut per_output = vec![1i64; weight.dim()];
+            per_output[0] = -1;
+            let folded = weight * scale.view(per_output.as_slice());
+            let bias = bias.map_or_else(|| self.running_mean.zeros_like(), Tensor::shallow_clone);
+            (folded, (bias - &self.running_mean) * scale + &self.bias)
         })
     }
 }

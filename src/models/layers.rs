@@ -15,6 +15,15 @@ pub fn linear(path: nn::Path, inputs: i64, outputs: i64) -> nn::Linear {
     nn::linear(path, inputs, outputs, nn::LinearConfig { ws_init: init, bs_init: Some(init), bias: true })
 }
 
+/// `x` with the condition `c` appended to its features when the part was built to read one
+/// (`width` > 0): how the semi-supervised model gives its encoder and decoder the label.
+pub fn conditioned(x: Tensor, condition: Option<&Tensor>, width: i64) -> Tensor {
+    match condition {
+        Some(c) if width > 0 => Tensor::cat(&[&x, c], 1),
+        _ => x,
+    }
+}
+
 /// Kernel side of a stride-2, padding-1 stage over a side of `length`: 4 halves an even side
 /// exactly (28 → 14), 3 halves an odd one rounding up (7 → 4). The transposed convolution with
 /// the same kernel restores the side exactly, so any side can take a stage.
@@ -36,13 +45,17 @@ pub fn stage_sides(height: i64, width: i64, stages: usize) -> Vec<[i64; 2]> {
     std::iter::successors(Some([height, width]), |&[h, w]| Some([halved(h), halved(w)])).take(stages + 1).collect()
 }
 
+/// Stride and padding of every halving stage.
+const HALVING_STRIDE: [i64; 2] = [2, 2];
+const HALVING_PADDING: [i64; 2] = [1, 1];
+
 /// Stride-2 convolution that halves an `[height, width]` input (see [`stage_sides`]).
 pub fn halving_conv(path: nn::Path, inputs: i64, outputs: i64, [height, width]: [i64; 2]) -> nn::Conv2D {
     let kernel = [stage_kernel(height), stage_kernel(width)];
     let init = uniform(inputs * kernel[0] * kernel[1]);
     let config = nn::ConvConfigND {
-        stride: [2, 2],
-        padding: [1, 1],
+        stride: HALVING_STRIDE,
+        padding: HALVING_PADDING,
         dilation: [1, 1],
         groups: 1,
         bias: true,
@@ -51,6 +64,11 @@ pub fn halving_conv(path: nn::Path, inputs: i64, outputs: i64, [height, width]: 
         padding_mode: nn::PaddingMode::Zeros,
     };
     nn::conv(path, inputs, outputs, kernel, config)
+}
+
+/// A [`halving_conv`]'s operation with the given weight and bias (e.g. batch norm folded in).
+pub fn halve_with(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Tensor {
+    x.conv2d(weight, Some(bias), HALVING_STRIDE, HALVING_PADDING, [1, 1], 1)
 }
 
 /// Stride-2 transposed convolution that restores the `[height, width]` a [`halving_conv`] halved.

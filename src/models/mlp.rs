@@ -41,14 +41,14 @@ impl BnMlp {
     /// only, for a term that trains what feeds this stack and not the stack.
     pub fn forward_frozen(&self, x: &Tensor) -> Tensor {
         self.layers.iter().fold(x.shallow_clone(), |h, (linear, bn)| {
-            let (weight, bias) = bn.fold_into(linear);
+            let (weight, bias) = bn.fold_into(&linear.ws, linear.bs.as_ref());
             h.linear(&weight, Some(&bias)).relu()
         })
     }
 
     pub fn pack(&mut self, precision: Precision) -> Result<(), ModelError> {
         let blocks = self.layers.iter().map(|(linear, bn)| {
-            let (weight, bias) = bn.fold_into(linear);
+            let (weight, bias) = bn.fold_into(&linear.ws, linear.bs.as_ref());
             PackedLinear::new(&weight, Some(&bias), precision)
         });
         self.packed = Some(blocks.collect::<Result<_, _>>()?);
@@ -61,7 +61,8 @@ impl BnMlp {
 /// after the pixels (encoder).
 pub struct MlpVae {
     config: ModelConfig,
-    encoder_condition_dim: i64,
+    /// Widths of the label read by the encoder and by the decoder (0: none).
+    condition_dims: [i64; 2],
     encoder: BnMlp,
     mean: Dense,
     log_var: Dense,
@@ -71,7 +72,8 @@ pub struct MlpVae {
 }
 
 impl MlpVae {
-    pub fn new(path: &nn::Path, config: ModelConfig, [encoder_condition_dim, condition_dim]: [i64; 2], bn: &BnControl) -> Self {
+    pub fn new(path: &nn::Path, config: ModelConfig, condition_dims: [i64; 2], bn: &BnControl) -> Self {
+        let [encoder_condition_dim, condition_dim] = condition_dims;
         let pixels = config.image.pixels();
         let top = *config.hidden.last().expect("validated: at least one hidden layer");
         let encoder = BnMlp::new(&(path / "encoder"), pixels + encoder_condition_dim, &config.hidden, bn);
@@ -81,19 +83,7 @@ impl MlpVae {
         let decoder = BnMlp::new(&(path / "decoder"), config.latent_dim + condition_dim, &reversed, bn);
         let output = Dense::new(layers::linear(path / "decoder" / "output", config.hidden[0], pixels));
         let likelihood_log_var = learned_log_var(path, &config);
-        Self { config, encoder_condition_dim, encoder, mean, log_var, decoder, output, likelihood_log_var }
-    }
-
-    /// q(z|x, c): the encoder reads the condition `[B, width]` after the pixels when it was built
-    /// with one.
-    pub fn encode_given(&self, images: &Tensor, condition: Option<&Tensor>, train: bool) -> Posterior {
-        let pixels = images.flatten(1, -1);
-        let input = match condition {
-            Some(c) if self.encoder_condition_dim > 0 => Tensor::cat(&[&pixels, c], 1),
-            _ => pixels,
-        };
-        let h = self.encoder.forward(&input, train);
-        Posterior { mean: self.mean.forward(&h, train), log_var: self.log_var.forward(&h, train) }
+        Self { config, condition_dims, encoder, mean, log_var, decoder, output, likelihood_log_var }
     }
 }
 
@@ -116,11 +106,16 @@ impl Vae for MlpVae {
         self.encode_given(images, None, train)
     }
 
+    /// q(z|x, c): the encoder reads the condition `[B, width]` after the pixels when it was built
+    /// with one.
+    fn encode_given(&self, images: &Tensor, condition: Option<&Tensor>, train: bool) -> Posterior {
+        let input = layers::conditioned(images.flatten(1, -1), condition, self.condition_dims[0]);
+        let h = self.encoder.forward(&input, train);
+        Posterior { mean: self.mean.forward(&h, train), log_var: self.log_var.forward(&h, train) }
+    }
+
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
-        let input = match labels {
-            Some(y) => Tensor::cat(&[z, y], 1),
-            None => z.shallow_clone(),
-        };
+        let input = layers::conditioned(z.shallow_clone(), labels, self.condition_dims[1]);
         let out = self.output.forward(&self.decoder.forward(&input, train), train);
         let [c, h, w] = self.config.image.dims();
         out.view([-1, c, h, w])

@@ -1,4 +1,5 @@
-//! The model zoo: BN MLP-VAE, BN conv-VAE and the semi-supervised VAE, behind one trait.
+//! The model zoo: BN MLP-VAE, BN conv-VAE and the semi-supervised VAE (MLP or conv), behind one
+//! trait.
 //! No HTTP here; the training engine and the inference host both use these.
 
 pub mod artifact;
@@ -57,6 +58,21 @@ pub enum Architecture {
     Conv,
     /// M2-style: MLP VAE whose decoder sees [z, y], plus a classifier q(y|x).
     SemiSupervised,
+    /// The semi-supervised model with a convolutional encoder, decoder and classifier (the
+    /// conv model's stages, BN after each), the label concatenated after the code layer.
+    SemiSupervisedConv,
+}
+
+impl Architecture {
+    /// Models with a classifier q(y|x) and a label-conditioned decoder.
+    pub fn is_semi_supervised(self) -> bool {
+        matches!(self, Self::SemiSupervised | Self::SemiSupervisedConv)
+    }
+
+    /// Models built of halving convolutions (`conv_channels`).
+    pub fn is_convolutional(self) -> bool {
+        matches!(self, Self::Conv | Self::SemiSupervisedConv)
+    }
 }
 
 /// Everything needed to rebuild a model's layers (saved in its manifest). In a training request
@@ -127,7 +143,7 @@ impl ModelConfig {
         if ![1, 3].contains(&channels) || !(4..=256).contains(&height) || !(4..=256).contains(&width) {
             return fail(format!("image shape {channels}x{height}x{width}: channels must be 1 or 3, sides 4..=256"));
         }
-        if self.architecture == Architecture::Conv {
+        if self.architecture.is_convolutional() {
             if self.conv_channels.is_empty() || self.conv_channels.iter().any(|&c| !(1..=1024).contains(&c)) {
                 return fail(format!("conv channels {:?} must be 1..=1024 and at least one stage", self.conv_channels));
             }
@@ -143,17 +159,17 @@ impl ModelConfig {
             if !(weight.is_finite() && weight >= 0.0) {
                 return fail(format!("{name} {weight} must be finite and ≥ 0"));
             }
-            if weight > 0.0 && self.architecture != Architecture::SemiSupervised {
+            if weight > 0.0 && !self.architecture.is_semi_supervised() {
                 return fail(format!("{name}: only semi-supervised models have a classifier for it"));
             }
         }
         if !(self.virtual_adversarial_radius.is_finite() && self.virtual_adversarial_radius > 0.0) {
             return fail(format!("virtual_adversarial_radius {} must be finite and > 0", self.virtual_adversarial_radius));
         }
-        if self.label_in_encoder && self.architecture != Architecture::SemiSupervised {
+        if self.label_in_encoder && !self.architecture.is_semi_supervised() {
             return fail("label_in_encoder: only semi-supervised models have labels to encode".into());
         }
-        if self.architecture == Architecture::SemiSupervised && self.label_names.len() < 2 {
+        if self.architecture.is_semi_supervised() && self.label_names.len() < 2 {
             return fail("a semi-supervised model needs at least two label names".into());
         }
         Ok(())
@@ -187,6 +203,13 @@ pub trait Vae: Send {
     /// the others ignore them.
     fn encode_given(&self, images: &Tensor, _labels: Option<&Tensor>, train: bool) -> Posterior {
         self.encode(images, train)
+    }
+    /// q(z|x, y) for each of the `B` images under each of the `k` labels, label-major: the rows
+    /// of `images.repeat(k)` given `every_label(k, B)`. A model whose encoder reads the label
+    /// after features of the image alone computes those features once.
+    fn encode_every_label(&self, images: &Tensor, k: i64, train: bool) -> Posterior {
+        let labels = objective::every_label(k, images.size()[0], images.device());
+        self.encode_given(&images.repeat([k, 1, 1, 1]), Some(&labels), train)
     }
     /// Likelihood parameters `[B, C, H, W]` (logits or means) for codes `[B, latent]`, with
     /// one-hot labels `[B, K]` for models whose decoder is conditioned on them.
@@ -234,8 +257,10 @@ pub fn build(config: &ModelConfig, device: tch::Device) -> Result<LoadedModel, M
     let root = vars.root();
     let model: Box<dyn Vae> = match config.architecture {
         Architecture::Mlp => Box::new(mlp::MlpVae::new(&root, config.clone(), [0, 0], &bn)),
-        Architecture::Conv => Box::new(conv::ConvVae::new(&root, config.clone(), &bn)),
-        Architecture::SemiSupervised => Box::new(semi_supervised::SemiSupervisedVae::new(&root, config.clone(), &bn)),
+        Architecture::Conv => Box::new(conv::ConvVae::new(&root, config.clone(), [0, 0], &bn)),
+        Architecture::SemiSupervised | Architecture::SemiSupervisedConv => {
+            Box::new(semi_supervised::SemiSupervisedVae::new(&root, config.clone(), &bn))
+        }
     };
     Ok(LoadedModel { vars, model, bn })
 }
@@ -266,7 +291,7 @@ pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64
 
 /// Refuses labels for a model that has none.
 fn require_labels(config: &ModelConfig) -> Result<(), ModelError> {
-    if config.architecture != Architecture::SemiSupervised {
+    if !config.architecture.is_semi_supervised() {
         return Err(ModelError::Config(format!("this {:?} model has no labels to condition on", config.architecture)));
     }
     Ok(())

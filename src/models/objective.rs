@@ -87,7 +87,7 @@ pub fn importance_weighted_log_likelihood(model: &dyn Vae, images: &Tensor, samp
         let z = &posterior.mean + (&posterior.log_var * 0.5).exp() * &eps;
         let log_q = (eps.square() + &posterior.log_var + LOG_2PI).sum_dim_intlist(1, false, Kind::Float) * -0.5;
         let log_prior = (z.square() + LOG_2PI).sum_dim_intlist(1, false, Kind::Float) * -0.5;
-        let log_px = if config.architecture == super::Architecture::SemiSupervised {
+        let log_px = if config.architecture.is_semi_supervised() {
             let k = config.num_classes();
             let y_all = every_label(k, batch, z.device());
             let nll = negative_log_likelihood(

@@ -1,6 +1,8 @@
-//! The semi-supervised VAE: a classifier q(y|x), an MLP VAE whose decoder sees [z, y] and, with
+//! The semi-supervised VAE: a classifier q(y|x), a VAE whose decoder sees [z, y] and, with
 //! `label_in_encoder` (the recipe's choice), whose encoder sees [x, y]: q(z|x, y) as in M2, so
-//! the code need not carry the class and the clamped label decides what a sample shows.
+//! the code need not carry the class and the clamped label decides what a sample shows. The
+//! backbone is the MLP VAE (`semi-supervised`) or the conv VAE (`semi-supervised-conv`, whose
+//! classifier reads the conv stages' features too); the label joins after the conv features.
 //!
 //! Cost per labelled example: −ELBO(x, y) + α·CE(q(y|x), y).
 //! Per unlabelled example, by `UnlabeledObjective`:
@@ -20,26 +22,73 @@
 use tch::{nn, Kind, Tensor};
 
 use super::batch_norm::BnControl;
+use super::conv::{ConvStack, ConvVae};
 use super::layers;
 use super::mlp::{BnMlp, MlpVae};
 use super::objective::{every_label, kl_to_standard_normal, negative_log_likelihood, BatchObjective};
 use super::packed::{Dense, Precision};
-use super::{ModelConfig, ModelError, Posterior, UnlabeledObjective, Vae};
+use super::{Architecture, ModelConfig, ModelError, Posterior, UnlabeledObjective, Vae};
 
 pub struct SemiSupervisedVae {
-    vae: MlpVae,
-    classifier: BnMlp,
-    classifier_out: Dense,
+    vae: Box<dyn Vae>,
+    classifier: Classifier,
+}
+
+/// q(y|x): convolutional features (conv backbone) or the pixels, BN MLP, class logits.
+struct Classifier {
+    features: Option<ConvStack>,
+    hidden: BnMlp,
+    logits: Dense,
+}
+
+impl Classifier {
+    fn new(path: &nn::Path, config: &ModelConfig, bn: &BnControl) -> Self {
+        let (features, inputs) = if config.architecture.is_convolutional() {
+            (
+                Some(ConvStack::new(path, &config.image, &config.conv_channels, bn)),
+                ConvStack::features(&config.image, &config.conv_channels),
+            )
+        } else {
+            (None, config.image.pixels())
+        };
+        let top = *config.hidden.last().expect("validated");
+        let logits = Dense::new(layers::linear(path / "logits", top, config.num_classes()));
+        Self { features, hidden: BnMlp::new(path, inputs, &config.hidden, bn), logits }
+    }
+
+    fn forward(&self, images: &Tensor, train: bool) -> Tensor {
+        let features = match &self.features {
+            Some(stack) => stack.forward(images, train),
+            None => images.flatten(1, -1),
+        };
+        self.logits.forward(&self.hidden.forward(&features, train), train)
+    }
+
+    /// The served function with its weights held fixed: gradients reach the images only.
+    fn forward_frozen(&self, images: &Tensor) -> Tensor {
+        let features = match &self.features {
+            Some(stack) => stack.forward_frozen(images),
+            None => images.flatten(1, -1),
+        };
+        self.logits.forward_frozen(&self.hidden.forward_frozen(&features))
+    }
+
+    fn pack(&mut self, precision: Precision) -> Result<(), ModelError> {
+        self.hidden.pack(precision)?;
+        self.logits.pack(precision)
+    }
 }
 
 impl SemiSupervisedVae {
     pub fn new(path: &nn::Path, config: ModelConfig, bn: &BnControl) -> Self {
+        let classifier = Classifier::new(&(path / "classifier"), &config, bn);
         let k = config.num_classes();
-        let classifier = BnMlp::new(&(path / "classifier"), config.image.pixels(), &config.hidden, bn);
-        let top = *config.hidden.last().expect("validated");
-        let classifier_out = Dense::new(layers::linear(path / "classifier" / "logits", top, k));
-        let encoder_condition = if config.label_in_encoder { k } else { 0 };
-        Self { vae: MlpVae::new(path, config, [encoder_condition, k], bn), classifier, classifier_out }
+        let condition_dims = [if config.label_in_encoder { k } else { 0 }, k];
+        let vae: Box<dyn Vae> = match config.architecture {
+            Architecture::SemiSupervisedConv => Box::new(ConvVae::new(path, config, condition_dims, bn)),
+            _ => Box::new(MlpVae::new(path, config, condition_dims, bn)),
+        };
+        Self { vae, classifier }
     }
 }
 
@@ -62,6 +111,10 @@ impl Vae for SemiSupervisedVae {
         }
     }
 
+    fn encode_every_label(&self, images: &Tensor, k: i64, train: bool) -> Posterior {
+        self.vae.encode_every_label(images, k, train)
+    }
+
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
         match labels {
             Some(y) => self.vae.decode(z, Some(y), train),
@@ -75,7 +128,7 @@ impl Vae for SemiSupervisedVae {
     }
 
     fn classify(&self, images: &Tensor, train: bool) -> Option<Tensor> {
-        Some(self.classifier_out.forward(&self.classifier.forward(&images.flatten(1, -1), train), train))
+        Some(self.classifier.forward(images, train))
     }
 
     fn likelihood_log_var(&self) -> Option<&Tensor> {
@@ -83,9 +136,9 @@ impl Vae for SemiSupervisedVae {
     }
 
     fn pack(&mut self, precision: Precision) -> Result<bool, ModelError> {
+        // The conv backbone's VAE serves unpacked; the classifier's fully connected part packs.
         self.vae.pack(precision)?;
         self.classifier.pack(precision)?;
-        self.classifier_out.pack(precision)?;
         Ok(true)
     }
 
@@ -109,8 +162,7 @@ impl SemiSupervisedVae {
         let z = Tensor::randn([n, config.latent_dim], (Kind::Float, device));
         let onehot = labels.one_hot(config.num_classes()).to_kind(Kind::Float);
         let drawn = super::intensities(config, &self.vae.decode(&z, Some(&onehot), false));
-        let logits = self.classifier_out.forward_frozen(&self.classifier.forward_frozen(&drawn.flatten(1, -1)));
-        logits.cross_entropy_for_logits(&labels)
+        self.classifier.forward_frozen(&drawn).cross_entropy_for_logits(&labels)
     }
 }
 
@@ -158,7 +210,8 @@ pub fn objective(
             let (x_all, y_all) = (images.repeat([k, 1, 1, 1]), every_label(k, batch, images.device()));
             // An encoder that reads the label encodes once per label; one that does not, once.
             let (z_all, kl_all) = if config.label_in_encoder {
-                encoded_with(&x_all, &y_all)
+                let posterior = model.encode_every_label(images, k, train);
+                (posterior.sample(), kl_to_standard_normal(&posterior))
             } else {
                 let (z, kl) = encoded_with(images, &true_onehot);
                 (z.repeat([k, 1]), kl.repeat([k]))
@@ -231,9 +284,12 @@ mod tests {
     use super::*;
     use crate::models::{Architecture, BnControl};
 
+    /// Both backbones.
+    const ARCHITECTURES: [Architecture; 2] = [Architecture::SemiSupervised, Architecture::SemiSupervisedConv];
+
     /// A small semi-supervised model on MNIST-shaped images, with `adjust` applied to its config.
-    fn small_model(adjust: impl FnOnce(&mut ModelConfig)) -> (nn::VarStore, SemiSupervisedVae) {
-        let mut config = ModelConfig { architecture: Architecture::SemiSupervised, hidden: vec![32], latent_dim: 4, ..Default::default() };
+    fn small_model(architecture: Architecture, adjust: impl FnOnce(&mut ModelConfig)) -> (nn::VarStore, SemiSupervisedVae) {
+        let mut config = ModelConfig { architecture, hidden: vec![32], latent_dim: 4, conv_channels: vec![4, 4], ..Default::default() };
         adjust(&mut config);
         let vars = nn::VarStore::new(tch::Device::Cpu);
         let model = SemiSupervisedVae::new(&vars.root(), config, &BnControl::default());
@@ -242,7 +298,13 @@ mod tests {
 
     #[test]
     fn label_consistency_trains_the_decoder_through_a_fixed_classifier() {
-        let (vars, model) = small_model(|c| c.label_consistency_weight = 3.0);
+        for architecture in ARCHITECTURES {
+            label_consistency_trains_the_decoder_through_a_fixed_classifier_of(architecture);
+        }
+    }
+
+    fn label_consistency_trains_the_decoder_through_a_fixed_classifier_of(architecture: Architecture) {
+        let (vars, model) = small_model(architecture, |c| c.label_consistency_weight = 3.0);
         model.label_consistency(16, tch::Device::Cpu).backward();
         let gradient_under = |prefix: &str| -> f64 {
             vars.variables()
@@ -256,16 +318,23 @@ mod tests {
         assert_eq!(gradient_under("encoder"), 0.0, "the encoder plays no part");
 
         // Held fixed means: the served (inference-mode) classifier's function, weights detached.
-        let x = Tensor::rand([8, 784], (Kind::Float, tch::Device::Cpu));
-        let served = model.classifier_out.forward(&model.classifier.forward(&x, false), false);
-        let frozen = model.classifier_out.forward_frozen(&model.classifier.forward_frozen(&x));
-        assert!(served.allclose(&frozen, 1e-5, 1e-5, false));
+        // Population statistics of their own first, so that folding them in is tested.
+        let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let _ = tch::no_grad(|| model.classifier.forward(&(&x * 3.0 + 1.0), true));
+        let served = model.classifier.forward(&x, false);
+        assert!(served.allclose(&model.classifier.forward_frozen(&x), 1e-4, 1e-5, false), "{architecture:?}");
     }
 
     #[test]
     fn the_virtual_adversarial_direction_moves_the_classifier_more_than_a_random_one() {
+        for architecture in ARCHITECTURES {
+            the_virtual_adversarial_direction_moves_the_classifier_more_than_a_random_one_of(architecture);
+        }
+    }
+
+    fn the_virtual_adversarial_direction_moves_the_classifier_more_than_a_random_one_of(architecture: Architecture) {
         tch::manual_seed(0);
-        let (vars, model) = small_model(|c| c.virtual_adversarial_weight = 1.0);
+        let (vars, model) = small_model(architecture, |c| c.virtual_adversarial_weight = 1.0);
         let x = Tensor::rand([32, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
         let log_probs = model.classify(&x, true).unwrap().log_softmax(1, Kind::Float);
         let adversarial = virtual_adversarial(&model, &x, &log_probs, 2.0);
@@ -274,7 +343,7 @@ mod tests {
             classifier_divergence(&model, &log_probs, &perturbed).double_value(&[])
         });
         let adversarial_value = adversarial.double_value(&[]);
-        assert!(adversarial_value > 2.0 * random, "adversarial KL {adversarial_value} against random {random}");
+        assert!(adversarial_value > 2.0 * random, "{architecture:?}: adversarial KL {adversarial_value} against random {random}");
 
         adversarial.backward();
         let touched = |prefix: &str| {
@@ -292,7 +361,7 @@ mod tests {
         let none = Tensor::full([8], -1, (Kind::Int64, tch::Device::Cpu));
         let loss = |adjust: fn(&mut ModelConfig), gradients: bool| {
             tch::manual_seed(1);
-            let (_vars, model) = small_model(adjust);
+            let (_vars, model) = small_model(Architecture::SemiSupervised, adjust);
             let run = || model.objective(&x, None, &none, 1.0, true).loss.double_value(&[]);
             if gradients {
                 run()
@@ -309,7 +378,13 @@ mod tests {
 
     #[test]
     fn an_encoder_that_reads_the_label_encodes_per_label_and_reads_the_classifier_without_one() {
-        let (_vars, model) = small_model(|c| c.label_in_encoder = true);
+        for architecture in ARCHITECTURES {
+            an_encoder_that_reads_the_label_encodes_per_label_and_reads_the_classifier_without_one_of(architecture);
+        }
+    }
+
+    fn an_encoder_that_reads_the_label_encodes_per_label_and_reads_the_classifier_without_one_of(architecture: Architecture) {
+        let (_vars, model) = small_model(architecture, |c| c.label_in_encoder = true);
         let x = Tensor::rand([6, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
         let label = |l: i64| Tensor::full([6], l, (Kind::Int64, tch::Device::Cpu)).one_hot(10).to_kind(Kind::Float);
         let (as_three, as_eight) = (model.encode_given(&x, Some(&label(3)), false), model.encode_given(&x, Some(&label(8)), false));
@@ -317,6 +392,16 @@ mod tests {
         let belief = model.classify(&x, false).unwrap().softmax(1, Kind::Float);
         let unlabelled = model.encode(&x, false).mean;
         assert!(unlabelled.allclose(&model.encode_given(&x, Some(&belief), false).mean, 1e-6, 1e-6, false));
+
+        // Every label at once is the repeated images given every label, batch statistics included.
+        let every = every_label(10, 6, tch::Device::Cpu);
+        for train in [false, true] {
+            let (once, repeated) = tch::no_grad(|| {
+                (model.encode_every_label(&x, 10, train), model.encode_given(&x.repeat([10, 1, 1, 1]), Some(&every), train))
+            });
+            assert!(once.mean.allclose(&repeated.mean, 1e-4, 1e-5, false), "{architecture:?}, train {train}");
+            assert!(once.log_var.allclose(&repeated.log_var, 1e-4, 1e-5, false), "{architecture:?}, train {train}");
+        }
 
         // An unlabelled example's KL is the expectation of the per-label KLs under q(y|x).
         tch::manual_seed(0);

@@ -19,7 +19,7 @@ use crate::inference::{
     Analysis, Conditioning, Generated, InferenceError, ModelHost, ModelInfo, ModelRef, Outcome, ServingModel, Task, Want, MAX_SAMPLES,
 };
 use crate::models::artifact;
-use crate::models::{Architecture, ModelConfig};
+use crate::models::ModelConfig;
 pub use tensor::{Contents, Datatype, Tensor};
 
 /// Extensions this server implements, as server metadata lists them.
@@ -125,7 +125,7 @@ const OUTPUTS: [TensorSpec; 7] = [
 
 /// The names among `specs` that a model with this `config` exposes, in table order.
 fn exposed<'a>(specs: &'a [TensorSpec], config: &ModelConfig) -> impl Iterator<Item = &'a TensorSpec> {
-    let classifier = config.architecture == Architecture::SemiSupervised;
+    let classifier = config.architecture.is_semi_supervised();
     specs.iter().filter(move |s| classifier || !s.classifier_only)
 }
 

@@ -337,7 +337,7 @@ impl SampleScores {
 /// model with labels, which the judge must share), seeded so a model's scores are reproducible.
 pub fn score_samples(judge: &Judge, loaded: &LoadedModel, samples: i64, temperature: f64, seed: u64) -> Result<SampleScores, JudgeError> {
     let config = loaded.model.config();
-    let labelled = config.architecture == models::Architecture::SemiSupervised;
+    let labelled = config.architecture.is_semi_supervised();
     if config.image != judge.card.image || (labelled && config.label_names.len() != judge.card.label_names.len()) {
         let shape = |s: &ImageShape| format!("{}x{}x{}", s.channels, s.height, s.width);
         return Err(JudgeError::Mismatch {

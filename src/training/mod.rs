@@ -134,7 +134,9 @@ impl TrainOptions {
             // α = 10 and the classifier's shifted view: 95.0% with 100 labels against 81.8% without.
             // The label in the encoder: label fidelity 84.3% against 70.0%, −ELBO 110.7 against 114.2.
             // Virtual adversarial training: see BENCHMARKS.md, "Virtual adversarial training".
-            Architecture::SemiSupervised => Self {
+            // The conv backbone takes the same recipe (BENCHMARKS.md, "The convolutional
+            // semi-supervised model").
+            Architecture::SemiSupervised | Architecture::SemiSupervisedConv => Self {
                 model: ModelConfig { classifier_weight: 10.0, label_in_encoder: true, virtual_adversarial_weight: 1.0, ..common.model },
                 augment_shift: 2,
                 ..common
@@ -196,7 +198,7 @@ impl TrainOptions {
         if !(0..=8).contains(&self.augment_shift) {
             return invalid(format!("augment_shift = {} must be in 0..=8 pixels", self.augment_shift));
         }
-        if self.augment_shift > 0 && self.model.architecture != Architecture::SemiSupervised {
+        if self.augment_shift > 0 && !self.model.architecture.is_semi_supervised() {
             return invalid("augment_shift shifts what the classifier sees: only semi-supervised models have one".into());
         }
         if self.kl_warmup_epochs.is_nan() || self.kl_warmup_epochs < 0.0 {
@@ -212,7 +214,7 @@ impl TrainOptions {
                 "weight averaging (optimizer.ema_decay) needs bn_recompute: averaged weights need their own BN statistics".into(),
             );
         }
-        if self.model.architecture == Architecture::SemiSupervised {
+        if self.model.architecture.is_semi_supervised() {
             let k = self.model.num_classes() as usize;
             if self.labeled == 0 || !self.labeled.is_multiple_of(k) {
                 return invalid(format!("labeled = {} must be a positive multiple of the {k} classes", self.labeled));
@@ -488,7 +490,7 @@ pub fn train(
         }
     }
 
-    let semi_supervised = options.model.architecture == Architecture::SemiSupervised;
+    let semi_supervised = options.model.architecture.is_semi_supervised();
     let labeled = if semi_supervised {
         let per_class = options.labeled / options.model.num_classes() as usize;
         let indices = balanced_subset(&splits.train.labels, options.model.num_classes() as usize, per_class, options.seed)?;
@@ -668,6 +670,11 @@ mod tests {
             ),
             (10.0, true, 1.0, 2, 60)
         );
+        let semi_conv: TrainOptions =
+            serde_json::from_value(serde_json::json!({"model": {"architecture": "semi-supervised-conv"}})).unwrap();
+        let on_the_mlp = ModelConfig { architecture: Architecture::SemiSupervised, ..semi_conv.model.clone() };
+        assert_eq!(TrainOptions { model: on_the_mlp, ..semi_conv.clone() }, semi, "the conv backbone takes the semi-supervised recipe");
+        assert_eq!(semi_conv.model.conv_channels, [16, 16]);
         let conv: TrainOptions = serde_json::from_value(serde_json::json!({
             "model": {"architecture": "conv", "latent_dim": 8},
             "optimizer": {"learning_rate": 1e-3},

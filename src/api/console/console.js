@@ -98,7 +98,8 @@ function modelBase() {
 }
 
 const labelNames = () => state.model?.manifest.config.label_names ?? [];
-const hasClassifier = () => state.model?.manifest.config.architecture === "semi-supervised";
+const SEMI_SUPERVISED = ["semi-supervised", "semi-supervised-conv"];
+const hasClassifier = () => SEMI_SUPERVISED.includes(state.model?.manifest.config.architecture);
 const format = (x, digits = 2) => (x == null ? "–" : Number(x).toFixed(digits));
 const percent = (fraction) => (fraction == null ? "–" : `${(100 * fraction).toFixed(1)}%`);
 
@@ -417,7 +418,7 @@ const OPTIMIZER_NAMES = { adam: "Adam", rmsprop: "RMSprop + Nesterov", sgd: "SGD
 // The chosen architecture's recipe as placeholders: what an empty field trains with.
 async function showRecipe() {
   const architecture = $("train-architecture").value;
-  $("train-labeled").disabled = architecture !== "semi-supervised";
+  $("train-labeled").disabled = !SEMI_SUPERVISED.includes(architecture);
   const recipe = await getJson(`/v1/train/defaults?architecture=${encodeURIComponent(architecture)}`);
   $("train-labeled").placeholder = String(recipe.labeled);
   $("train-epochs").placeholder = String(recipe.epochs);
@@ -435,7 +436,7 @@ async function submitTraining(event) {
   if ($("train-lr").value) optimizer.learning_rate = Number($("train-lr").value);
   if (Object.keys(optimizer).length) options.optimizer = optimizer;
   if ($("train-epochs").value) options.epochs = Number($("train-epochs").value);
-  if (architecture === "semi-supervised" && $("train-labeled").value) options.labeled = Number($("train-labeled").value);
+  if (SEMI_SUPERVISED.includes(architecture) && $("train-labeled").value) options.labeled = Number($("train-labeled").value);
   const data = {};
   if ($("train-max").value) data.max_train = Number($("train-max").value);
   const request = { name: $("train-name").value.trim(), dataset: $("train-dataset").value.trim(), options, data };
