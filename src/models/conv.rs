@@ -82,7 +82,7 @@ impl ConvVae {
         let deepest = *config.conv_channels.last().expect("validated: at least one stage");
         let [h, w] = sides[sides.len() - 1];
         let bottleneck = [deepest, h, w];
-        let flat = ConvStack::features(&config.image, &config.conv_channels);
+        let flat = deepest * h * w;
         let enc = path / "encoder";
         let down = ConvStack::new(&enc, &config.image, &config.conv_channels, bn);
         let encoder_fc = BnMlp::new(&enc, flat + encoder_condition_dim, &config.hidden, bn);

@@ -27,7 +27,7 @@ use super::layers;
 use super::mlp::{BnMlp, MlpVae};
 use super::objective::{every_label, kl_to_standard_normal, negative_log_likelihood, BatchObjective};
 use super::packed::{Dense, Precision};
-use super::{Architecture, ModelConfig, ModelError, Posterior, UnlabeledObjective, Vae};
+use super::{ModelConfig, ModelError, Posterior, UnlabeledObjective, Vae};
 
 pub struct SemiSupervisedVae {
     vae: Box<dyn Vae>,
@@ -84,9 +84,10 @@ impl SemiSupervisedVae {
         let classifier = Classifier::new(&(path / "classifier"), &config, bn);
         let k = config.num_classes();
         let condition_dims = [if config.label_in_encoder { k } else { 0 }, k];
-        let vae: Box<dyn Vae> = match config.architecture {
-            Architecture::SemiSupervisedConv => Box::new(ConvVae::new(path, config, condition_dims, bn)),
-            _ => Box::new(MlpVae::new(path, config, condition_dims, bn)),
+        let vae: Box<dyn Vae> = if config.architecture.is_convolutional() {
+            Box::new(ConvVae::new(path, config, condition_dims, bn))
+        } else {
+            Box::new(MlpVae::new(path, config, condition_dims, bn))
         };
         Self { vae, classifier }
     }
