@@ -92,6 +92,13 @@ pub struct ModelConfig {
     pub label_names: Vec<String>,
     /// Semi-supervised only: how unlabelled examples are scored.
     pub unlabeled_objective: UnlabeledObjective,
+    /// Semi-supervised, `marginalize` only: in training, an unlabelled image's expectation over
+    /// labels runs over its this many most probable labels under q(y|x), renormalised, instead
+    /// of all of them (0: every label). The encoder and decoder run once per (image, label) pair,
+    /// so this divides their work; evaluation always reports the full bound. With 1, an
+    /// unlabelled image counts as labelled by q(y|x)'s best guess, and the classifier no longer
+    /// learns from the reconstruction (only from the labels, its entropy and its smoothing).
+    pub marginal_labels: i64,
     /// Semi-supervised only: weight α of the labelled cross-entropy term.
     pub classifier_weight: f64,
     /// Semi-supervised only: weight γ of the label-consistency term, the cross-entropy between a
@@ -121,6 +128,7 @@ impl Default for ModelConfig {
             likelihood: Likelihood::Bernoulli,
             label_names: (0..10).map(|d| d.to_string()).collect(),
             unlabeled_objective: UnlabeledObjective::Marginalize,
+            marginal_labels: 0,
             classifier_weight: 1.0,
             label_consistency_weight: 0.0,
             virtual_adversarial_weight: 0.0,
@@ -166,6 +174,15 @@ impl ModelConfig {
         if !(self.virtual_adversarial_radius.is_finite() && self.virtual_adversarial_radius > 0.0) {
             return fail(format!("virtual_adversarial_radius {} must be finite and > 0", self.virtual_adversarial_radius));
         }
+        if self.marginal_labels != 0
+            && !(self.architecture.is_semi_supervised() && (1..=self.num_classes()).contains(&self.marginal_labels))
+        {
+            return fail(format!(
+                "marginal_labels {}: 0 (every label) or, for a semi-supervised model, 1..={} labels",
+                self.marginal_labels,
+                self.num_classes()
+            ));
+        }
         if self.label_in_encoder && !self.architecture.is_semi_supervised() {
             return fail("label_in_encoder: only semi-supervised models have labels to encode".into());
         }
@@ -204,12 +221,11 @@ pub trait Vae: Send {
     fn encode_given(&self, images: &Tensor, _labels: Option<&Tensor>, train: bool) -> Posterior {
         self.encode(images, train)
     }
-    /// q(z|x, y) for each of the `B` images under each of the `k` labels, label-major: the rows
-    /// of `images.repeat(k)` given `every_label(k, B)`. A model whose encoder reads the label
-    /// after features of the image alone computes those features once.
-    fn encode_every_label(&self, images: &Tensor, k: i64, train: bool) -> Posterior {
-        let labels = objective::every_label(k, images.size()[0], images.device());
-        self.encode_given(&images.repeat([k, 1, 1, 1]), Some(&labels), train)
+    /// q(z|x, y) for (image, label) pairs: image `rows[p]` of `images` given the one-hot
+    /// `labels[p]`. A model whose encoder reads the label after features of the image alone
+    /// computes those features once per image, however many labels it is paired with.
+    fn encode_pairs(&self, images: &Tensor, rows: &Tensor, labels: &Tensor, train: bool) -> Posterior {
+        self.encode_given(&images.index_select(0, rows), Some(labels), train)
     }
     /// Likelihood parameters `[B, C, H, W]` (logits or means) for codes `[B, latent]`, with
     /// one-hot labels `[B, K]` for models whose decoder is conditioned on them.

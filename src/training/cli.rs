@@ -94,6 +94,10 @@ pub struct TrainArgs {
     pub labeled_batch_size: Option<usize>,
     #[arg(long, value_enum)]
     pub unlabeled_objective: Option<UnlabeledObjective>,
+    /// Semi-supervised: in training, marginalise an unlabelled image over its this many most
+    /// probable labels (0: every label).
+    #[arg(long)]
+    pub marginal_labels: Option<i64>,
     /// Semi-supervised: weight α of the labelled cross-entropy.
     #[arg(long)]
     pub classifier_weight: Option<f64>,
@@ -154,6 +158,7 @@ impl TrainArgs {
         set(&mut model, "hidden", self.hidden.as_ref().map(json_of));
         set(&mut model, "conv_channels", self.conv_channels.as_ref().map(json_of));
         set(&mut model, "unlabeled_objective", self.unlabeled_objective.as_ref().map(json_of));
+        set(&mut model, "marginal_labels", self.marginal_labels.as_ref().map(json_of));
         set(&mut model, "classifier_weight", self.classifier_weight.as_ref().map(json_of));
         set(&mut model, "label_consistency_weight", self.label_consistency_weight.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_weight", self.virtual_adversarial_weight.as_ref().map(json_of));
