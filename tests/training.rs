@@ -26,6 +26,8 @@ fn small(architecture: Architecture, epochs: usize) -> TrainOptions {
             latent_dim: 16,
             conv_channels: vec![16, 32],
             classifier_weight: 10.0,
+            // The recipe's pairs per image, so the conv model trains over its two likeliest labels.
+            marginal_labels: TrainOptions::recommended(architecture).model.marginal_labels,
             ..Default::default()
         },
         epochs,
