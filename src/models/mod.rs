@@ -97,7 +97,7 @@ pub struct ModelConfig {
     /// of all of them (0: every label). The encoder and decoder run once per (image, label) pair,
     /// so this divides their work; evaluation always reports the full bound. With 1, an
     /// unlabelled image counts as labelled by q(y|x)'s best guess, and the classifier no longer
-    /// learns from the reconstruction (only from the labels, its entropy and its smoothing).
+    /// learns from the reconstruction (only from the labels and its smoothing).
     pub marginal_labels: i64,
     /// Semi-supervised only: weight α of the labelled cross-entropy term.
     pub classifier_weight: f64,
@@ -360,5 +360,18 @@ mod tests {
         assert!(too_many.contains("28x28 is too small"), "{too_many}");
         assert!(conv(&[], 28).validate().is_err());
         assert!(conv(&[16, 0], 28).validate().is_err());
+    }
+
+    #[test]
+    fn marginal_labels_are_every_label_or_up_to_the_label_count_of_a_semi_supervised_model() {
+        let config = |architecture: Architecture, marginal_labels: i64| ModelConfig { architecture, marginal_labels, ..Default::default() };
+        for ok in [0, 1, 2, 10] {
+            assert!(config(Architecture::SemiSupervisedConv, ok).validate().is_ok(), "{ok}");
+        }
+        for bad in [-1, 11] {
+            let why = config(Architecture::SemiSupervised, bad).validate().unwrap_err().to_string();
+            assert!(why.contains("1..=10"), "{why}");
+        }
+        assert!(config(Architecture::Mlp, 2).validate().is_err(), "no labels to pair with");
     }
 }
