@@ -263,7 +263,7 @@ fn labels_per_image(config: &ModelConfig, train: bool) -> i64 {
 /// label, a point mass, has none to push towards uniform). A labelled image is paired with its
 /// own label, weight 1, and with the classifier's likeliest others at weight 0: they cost
 /// passes, but keep batch norm's batches what they were, each image `per_image` times (decoding a
-/// labelled image once instead cost 4.5 points of accuracy with 100 labels; BENCHMARKS.md).
+/// labelled image once instead cost 4.4 points of accuracy with 100 labels; BENCHMARKS.md).
 struct LabelPairs {
     /// Which image of the batch each pair reads, `[B·m]`.
     rows: Tensor,
@@ -279,15 +279,15 @@ impl LabelPairs {
     /// `log_probs`: log q(y|x), `[B, K]`; `labels[i] < 0` for an unlabelled image.
     fn new(log_probs: &Tensor, labels: &Tensor, per_image: i64) -> Self {
         let [batch, k] = log_probs.size()[..] else { unreachable!("log q(y|x) is [B, K]") };
-        let labelled = labels.ge(0).unsqueeze(1);
-        // A labelled image's own label ranks first.
-        let own_first = log_probs.detach().scatter_value(1, &labels.clamp_min(0).unsqueeze(1), f64::INFINITY);
-        let (_, candidates) = log_probs.detach().where_self(&labelled.logical_not(), &own_first).topk(per_image, 1, true, true);
+        let (labelled, unlabelled) = (labels.ge(0).unsqueeze(1), labels.lt(0));
+        // The ranking is not learned; a labelled image's own label ranks first.
+        let ranked = log_probs.detach();
+        let own_first = ranked.scatter_value(1, &labels.clamp_min(0).unsqueeze(1), f64::INFINITY);
+        let (_, candidates) = ranked.where_self(&unlabelled.unsqueeze(1), &own_first).topk(per_image, 1, true, true);
         let candidate_log_probs = log_probs.gather(1, &candidates, false);
         let log_weights = &candidate_log_probs - candidate_log_probs.logsumexp([1], true);
         let believed = log_weights.exp();
         let own = Tensor::arange(per_image, (Kind::Int64, log_probs.device())).eq(0).to_kind(Kind::Float).unsqueeze(0);
-        let unlabelled = labelled.logical_not().squeeze_dim(1);
         let neg_entropy = (&believed * &log_weights)
             .sum_dim_intlist(1, false, Kind::Float)
             .where_self(&unlabelled, &Tensor::zeros([batch], (Kind::Float, log_probs.device())));
