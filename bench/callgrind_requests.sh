@@ -32,7 +32,7 @@ if $floor; then
   echo '{"results":[{"label":7}]}' >"$OUT/answer.json"
   arguments=("127.0.0.1:$PORT" "$OUT/answer.json") ready=/classify
 else
-  arguments=(serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" --default-model mnist-ssvae)
+  arguments=(serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" --default-model "$SERVED_MODEL")
   ready=/readyz
 fi
 # valgrind runs every thread of the server on one core, one at a time.

@@ -20,3 +20,9 @@ wait_up() { wait_for "$1" "${2:-60}" "${3:-}" curl -fs "$1"; }
 # wait_answer URL BODY CONTENT_TYPE [SECONDS] [LOG]: waits (default 60 s) until a POST of the file
 # BODY to URL answers a 200, for servers (and endpoints) without a GET to ask.
 wait_answer() { wait_for "$1" "${4:-60}" "${5:-}" curl -fs -H "content-type: $3" --data-binary @"$2" "$1"; }
+
+# The model every serving benchmark measures: the MLP semi-supervised model whose weights the
+# Python peers rebuild (bench/peer_model.py reads models/mnist-ssvae/v1), pinned because the
+# shipped default is the conv model since mnist-ssvae@4. Versions 1 to 3 classify and sample with
+# the same arithmetic, so the serving numbers recorded before the pin stay comparable.
+SERVED_MODEL=mnist-ssvae@1

@@ -24,7 +24,7 @@ command -v oha >/dev/null || cargo install oha --locked >&2
 
 "$PY" bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
-RUST_LOG=warn "$BIN" serve --addr 127.0.0.1:18280 --models-dir models --database "$OUT/soak.db" --default-model mnist-ssvae 2>"$OUT/serve.log" &
+RUST_LOG=warn "$BIN" serve --addr 127.0.0.1:18280 --models-dir models --database "$OUT/soak.db" --default-model "$SERVED_MODEL" 2>"$OUT/serve.log" &
 pid=$!
 wait_up http://127.0.0.1:18280/readyz 10
 # "RSS_KB,RSS_ANON_KB,RSS_FILE_KB"

@@ -20,6 +20,9 @@ EPS = 1e-5
 def _load(model_dir):
     """(config, weights) of a model folder, read once however many parts are built from it."""
     manifest = json.load(open(os.path.join(model_dir, "manifest.json")))
+    if manifest["config"]["architecture"] != "semi-supervised":
+        raise SystemExit(f"{model_dir}: the peers rebuild the MLP semi-supervised model only, not "
+                         f"{manifest['config']['architecture']!r} (bench/lib.sh's SERVED_MODEL)")
     return manifest["config"], load_file(os.path.join(model_dir, "model.safetensors"))
 
 

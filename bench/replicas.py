@@ -38,6 +38,8 @@ BINARY = sys.argv[1] if len(sys.argv) > 1 else "target/release/vae-serve"
 PARTS = sys.argv[2:] or ["takeover", "claims", "inference"]
 DATA = os.environ.get("VAE_DATA_DIR", "../shared/data")
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The model the api replicas serve: the MLP one every serving benchmark measures (bench/lib.sh).
+SERVED_MODEL = "mnist-ssvae@1"
 
 
 class Postgres:
@@ -204,7 +206,7 @@ def inference(passes=3, seconds=10):
     cells = {}
     for _ in range(passes):
         for backend in ("sqlite", "postgres"):
-            replica = Replica(root, f"api-{backend}", database_in(root, backend), {"VAE_ROLE": "api"}, "mnist-ssvae", threads=2)
+            replica = Replica(root, f"api-{backend}", database_in(root, backend), {"VAE_ROLE": "api"}, SERVED_MODEL, threads=2)
             wait("readiness", lambda: ready(replica))
             for c in (1, 64):
                 run = lambda secs: subprocess.run(

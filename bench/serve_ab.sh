@@ -20,7 +20,7 @@ python3 bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 start() {
   # shellcheck disable=SC2086 # the settings and the binary are words of one argument
   env RUST_LOG=warn $1 serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
-    --default-model mnist-ssvae 2>"$OUT/server.log" &
+    --default-model "$SERVED_MODEL" 2>"$OUT/server.log" &
   server=$!
   wait_up "http://127.0.0.1:$PORT/readyz" 20 "$OUT/server.log"
 }

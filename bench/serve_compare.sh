@@ -52,7 +52,7 @@ run_suite() {
 for mode in batched unbatched; do
   batch=64; [ "$mode" = unbatched ] && batch=1
   VAE_MAX_BATCH_SIZE=$batch RUST_LOG=warn "$BIN" serve --addr 127.0.0.1:18180 \
-    --models-dir models --database "$OUT/$mode.db" --default-model mnist-ssvae 2>"$OUT/$mode.log" &
+    --models-dir models --database "$OUT/$mode.db" --default-model "$SERVED_MODEL" 2>"$OUT/$mode.log" &
   pid=$!
   wait_up http://127.0.0.1:18180/readyz
   idle=$(rss_kb $pid)

@@ -28,7 +28,7 @@ run() {
   [ "$1" = defaults ] || IFS=, read -ra vars <<< "$1"
   rm -f "$OUT/knobs.db"
   env "${vars[@]}" RUST_LOG=warn "$BIN" serve --addr 127.0.0.1:18480 --models-dir models --database "$OUT/knobs.db" \
-    --default-model mnist-ssvae 2>/dev/null &
+    --default-model "$SERVED_MODEL" 2>/dev/null &
   local pid=$!
   wait_up http://127.0.0.1:18480/readyz 10
   local row="| $1 |"

@@ -63,9 +63,9 @@ cell() {
   done
 }
 
+# v2_cells SERVER INFER_URL BINARY: the protocol's cells against one server's infer endpoint.
 v2_cells() {
-  local server=$1 base=$2 binary=$3
-  local infer="$base/v2/models/mnist-ssvae/infer"
+  local server=$1 infer=$2 binary=$3
   if [ "$binary" = yes ]; then
     cell "$server" "binary, 1 digit" "$infer" "$OUT/one.bin" "$(cat "$OUT/one.len")" "" 1
     cell "$server" "binary, 64 digits" "$infer" "$OUT/batch.bin" "$(cat "$OUT/batch.len")" "" 64
@@ -76,23 +76,24 @@ v2_cells() {
 
 dir=$(mktemp -d)
 cp -r models "$dir/"
-"$BIN" serve --addr 127.0.0.1:18700 --grpc-addr "" --models-dir "$dir/models" --database "$dir/db.sqlite" >"$OUT/vae.log" 2>&1 &
+"$BIN" serve --addr 127.0.0.1:18700 --grpc-addr "" --models-dir "$dir/models" --database "$dir/db.sqlite" \
+  --default-model "$SERVED_MODEL" >"$OUT/vae.log" 2>&1 &
 vae=$!
 wait_up http://127.0.0.1:18700/readyz
-v2_cells vae-serve http://127.0.0.1:18700 yes
+v2_cells vae-serve "http://127.0.0.1:18700/v2/models/mnist-ssvae/versions/${SERVED_MODEL#*@}/infer" yes
 cell vae-serve "POST /classify, PNG, 1 digit" http://127.0.0.1:18700/classify "$OUT/digit.png" "" image/png 1
 stop "$vae"
 
 "$PY" bench/v2_peers.py pytriton --model "$MODEL" --port 18710 >"$OUT/pytriton.log" 2>&1 &
 triton=$!
 wait_up http://127.0.0.1:18710/v2/models/mnist-ssvae/ready || { tail -20 "$OUT/pytriton.log" >&2; exit 1; }
-v2_cells "Triton $("$PY" -c 'import importlib.metadata as m; print("(PyTriton " + m.version("nvidia-pytriton") + ")")')" http://127.0.0.1:18710 yes
+v2_cells "Triton $("$PY" -c 'import importlib.metadata as m; print("(PyTriton " + m.version("nvidia-pytriton") + ")")')" http://127.0.0.1:18710/v2/models/mnist-ssvae/infer yes
 stop "$triton"; pkill -f tritonserver 2>/dev/null || true
 
 "$PY" bench/v2_peers.py mlserver --model "$MODEL" --port 18720 >"$OUT/mlserver.log" 2>&1 &
 mlserver=$!
 wait_up http://127.0.0.1:18720/v2/models/mnist-ssvae/ready || { tail -20 "$OUT/mlserver.log" >&2; exit 1; }
-v2_cells "MLServer $("$PY" -c 'import importlib.metadata as m; print(m.version("mlserver"))')" http://127.0.0.1:18720 no
+v2_cells "MLServer $("$PY" -c 'import importlib.metadata as m; print(m.version("mlserver"))')" http://127.0.0.1:18720/v2/models/mnist-ssvae/infer no
 stop "$mlserver"
 
 python3 - "$RESULTS" <<'PYEOF'
