@@ -105,6 +105,9 @@ pub struct ModelConfig {
     /// random label y and what the model's own classifier (held fixed) reads in the decoder's
     /// output for a prior code and y clamped; it makes the label, not z, decide the class.
     pub label_consistency_weight: f64,
+    /// Semi-supervised only: how many prior draws that term decodes per training step (0: one
+    /// per image of the batch). Fewer draws cost less and estimate the same expectation.
+    pub label_consistency_draws: i64,
     /// Semi-supervised only: weight of virtual adversarial training (Miyato et al. 2018), the KL
     /// between q(y|x) and q(y|x + r) for the perturbation r that changes q(y|x) most; it smooths
     /// the classifier around every image, labelled or not.
@@ -131,6 +134,7 @@ impl Default for ModelConfig {
             marginal_labels: 0,
             classifier_weight: 1.0,
             label_consistency_weight: 0.0,
+            label_consistency_draws: 0,
             virtual_adversarial_weight: 0.0,
             virtual_adversarial_radius: 2.0,
             label_in_encoder: false,
@@ -181,6 +185,12 @@ impl ModelConfig {
                 "marginal_labels {}: 0 (every label) or, for a semi-supervised model, 1..={} labels",
                 self.marginal_labels,
                 self.num_classes()
+            ));
+        }
+        if !(0..=100_000).contains(&self.label_consistency_draws) {
+            return fail(format!(
+                "label_consistency_draws {}: 0 (one per image of the batch) or up to 100000",
+                self.label_consistency_draws
             ));
         }
         if self.label_in_encoder && !self.architecture.is_semi_supervised() {
@@ -373,5 +383,16 @@ mod tests {
             assert!(why.contains("1..=10"), "{why}");
         }
         assert!(config(Architecture::Mlp, 2).validate().is_err(), "no labels to pair with");
+    }
+
+    #[test]
+    fn label_consistency_draws_are_the_batch_or_a_bounded_count() {
+        let draws = |label_consistency_draws: i64| ModelConfig { label_consistency_draws, ..Default::default() }.validate();
+        for ok in [0, 1, 50, 100_000] {
+            assert!(draws(ok).is_ok(), "{ok}");
+        }
+        for bad in [-1, 100_001] {
+            assert!(draws(bad).unwrap_err().to_string().contains("label_consistency_draws"), "{bad}");
+        }
     }
 }

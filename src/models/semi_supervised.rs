@@ -16,7 +16,8 @@
 //!
 //! With γ > 0 (`label_consistency_weight`), training adds γ·CE(q(y|x̂), y) for x̂ decoded from a
 //! prior code and a random label y clamped, the classifier held fixed: the decoder learns to
-//! draw the class it is given, so z cannot override y when sampling.
+//! draw the class it is given, so z cannot override y when sampling. It decodes
+//! `label_consistency_draws` prior codes per step (by default as many as the batch has images).
 //!
 //! With a virtual adversarial weight > 0, training adds KL(q(y|x) ‖ q(y|x + r_adv)) for every
 //! image (`virtual_adversarial`): the classifier, trained on 100 labels, is what decides which
@@ -148,9 +149,10 @@ impl Vae for SemiSupervisedVae {
 
     fn objective(&self, images: &Tensor, classifier_view: Option<&Tensor>, labels: &Tensor, kl_weight: f64, train: bool) -> BatchObjective {
         let mut batch = objective(self, images, classifier_view, labels, kl_weight, train);
-        let weight = self.config().label_consistency_weight;
+        let (weight, draws) = (self.config().label_consistency_weight, self.config().label_consistency_draws);
         if learns(train, &batch.loss) && weight > 0.0 {
-            batch.loss += self.label_consistency(images.size()[0], images.device()) * weight;
+            let draws = if draws > 0 { draws } else { images.size()[0] };
+            batch.loss += self.label_consistency(draws, images.device()) * weight;
         }
         batch
     }

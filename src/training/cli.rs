@@ -104,6 +104,9 @@ pub struct TrainArgs {
     /// Semi-supervised: weight γ of the label-consistency term (0: off).
     #[arg(long)]
     pub label_consistency_weight: Option<f64>,
+    /// Semi-supervised: prior draws per step for label consistency (0: one per image of the batch).
+    #[arg(long)]
+    pub label_consistency_draws: Option<i64>,
     /// Semi-supervised: weight of virtual adversarial training of the classifier (0: off).
     #[arg(long)]
     pub virtual_adversarial_weight: Option<f64>,
@@ -161,6 +164,7 @@ impl TrainArgs {
         set(&mut model, "marginal_labels", self.marginal_labels.as_ref().map(json_of));
         set(&mut model, "classifier_weight", self.classifier_weight.as_ref().map(json_of));
         set(&mut model, "label_consistency_weight", self.label_consistency_weight.as_ref().map(json_of));
+        set(&mut model, "label_consistency_draws", self.label_consistency_draws.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_weight", self.virtual_adversarial_weight.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_radius", self.virtual_adversarial_radius.as_ref().map(json_of));
         set(&mut model, "label_in_encoder", self.label_in_encoder.as_ref().map(json_of));
