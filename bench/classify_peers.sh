@@ -22,9 +22,10 @@
 #                                                   installs the peers into .venv-bench and oha)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 PASSES=${1:-3} SECONDS_PER_RUN=${2:-10}
 BIN=./target/release/vae-serve
-MODEL=$PWD/models/mnist-ssvae/v1
+MODEL=$PWD/$SERVED_MODEL_DIR
 LOG_CONFIG=$PWD/bench/torchserve_log4j2.xml
 PEERS=$PWD/.venv-bench
 PORT=18880
@@ -89,7 +90,7 @@ start() {
       [ "$1" = "vae-serve int8" ] && int8=true
       [ "$1" = "vae-serve unbatched" ] && unbatched=(--max-batch-size 1)
       VAE_INFERENCE_INT8=$int8 RUST_LOG=warn setsid "$BIN" serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models \
-        --database "$OUT/db.sqlite" --default-model mnist-ssvae@1 "${unbatched[@]}" >"$OUT/server.log" 2>&1 &
+        --database "$OUT/db.sqlite" --default-model "$SERVED_MODEL" "${unbatched[@]}" >"$OUT/server.log" 2>&1 &
       server=$! ;;
     "fastapi ×2")
       setsid "$PEERS/bin/python" bench/fastapi_peer.py --model "$MODEL" --port "$PORT" --workers 2 --threads 1 >"$OUT/server.log" 2>&1 &

@@ -26,3 +26,5 @@ wait_answer() { wait_for "$1" "${4:-60}" "${5:-}" curl -fs -H "content-type: $3"
 # shipped default is the conv model since mnist-ssvae@4. Versions 1 to 3 classify and sample with
 # the same arithmetic, so the serving numbers recorded before the pin stay comparable.
 SERVED_MODEL=mnist-ssvae@1
+# Its folder, from which the peers load it.
+SERVED_MODEL_DIR=models/${SERVED_MODEL%@*}/v${SERVED_MODEL#*@}

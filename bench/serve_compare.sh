@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 SECONDS_PER_RUN=${1:-5}
 BIN=./target/release/vae-serve
 PY=./.venv/bin/python
-MODEL=models/mnist-ssvae/v1
+MODEL=$SERVED_MODEL_DIR
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$OUT"' EXIT
 

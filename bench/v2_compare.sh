@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 . bench/lib.sh
 SECONDS_PER_CELL=${1:-5}
 BIN=./target/release/vae-serve
-MODEL=models/mnist-ssvae/v1
+MODEL=$SERVED_MODEL_DIR
 PEERS=.venv-bench
 PY=$PEERS/bin/python
 OUT=$(mktemp -d)
