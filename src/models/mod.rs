@@ -75,6 +75,16 @@ impl Architecture {
     }
 }
 
+/// Semi-supervised: the images of a training batch that virtual adversarial training smooths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmoothedImages {
+    /// Every image, labelled or not.
+    All,
+    /// Only the unlabelled part of the batch.
+    Unlabelled,
+}
+
 /// Everything needed to rebuild a model's layers (saved in its manifest). In a training request
 /// every field is optional; `image` and `label_names` come from the dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -114,6 +124,9 @@ pub struct ModelConfig {
     pub virtual_adversarial_weight: f64,
     /// Semi-supervised only: the L2 norm of that perturbation, in pixel intensities (0..1).
     pub virtual_adversarial_radius: f64,
+    /// Semi-supervised only: which images of a training batch that smoothing runs on. It costs
+    /// two more classifier passes per image; the labelled ones already have their cross-entropy.
+    pub virtual_adversarial_images: SmoothedImages,
     /// Semi-supervised only: the encoder reads the label too, q(z|x, y) as in M2, so z need not
     /// carry the class and the clamped label decides it when sampling. Unlabelled examples are
     /// encoded once per label; without a label the encoder reads q(y|x).
@@ -137,6 +150,7 @@ impl Default for ModelConfig {
             label_consistency_draws: 0,
             virtual_adversarial_weight: 0.0,
             virtual_adversarial_radius: 2.0,
+            virtual_adversarial_images: SmoothedImages::All,
             label_in_encoder: false,
         }
     }

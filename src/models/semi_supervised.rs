@@ -20,8 +20,9 @@
 //! `label_consistency_draws` prior codes per step (by default as many as the batch has images).
 //!
 //! With a virtual adversarial weight > 0, training adds KL(q(y|x) ‖ q(y|x + r_adv)) for every
-//! image (`virtual_adversarial`): the classifier, trained on 100 labels, is what decides which
-//! class the decoder learns from each unlabelled image.
+//! image (`virtual_adversarial`), or only every unlabelled one (`SmoothedImages`): the
+//! classifier, trained on 100 labels, is what decides which class the decoder learns from each
+//! unlabelled image.
 
 use tch::{nn, Kind, Tensor};
 
@@ -31,7 +32,7 @@ use super::layers;
 use super::mlp::{BnMlp, MlpVae};
 use super::objective::{kl_to_standard_normal, negative_log_likelihood, BatchObjective};
 use super::packed::{Dense, Precision};
-use super::{ModelConfig, ModelError, Posterior, UnlabeledObjective, Vae};
+use super::{ModelConfig, ModelError, Posterior, SmoothedImages, UnlabeledObjective, Vae};
 
 pub struct SemiSupervisedVae {
     vae: Box<dyn Vae>,
@@ -231,11 +232,24 @@ pub fn objective(
             (nll_of(&z, &y, images), kl, Tensor::zeros([batch], (Kind::Float, images.device())))
         }
     };
-    let smoothing = match config.virtual_adversarial_weight {
-        weight if learns(train, &logits) && weight > 0.0 => {
-            virtual_adversarial(model, classifier_view.unwrap_or(images), &log_probs, config.virtual_adversarial_radius) * weight
-        }
-        _ => Tensor::zeros([], (Kind::Float, images.device())),
+    let no_smoothing = || Tensor::zeros([], (Kind::Float, images.device()));
+    let smoothing = if learns(train, &logits) && config.virtual_adversarial_weight > 0.0 {
+        let view = classifier_view.unwrap_or(images);
+        let divergence = match config.virtual_adversarial_images {
+            SmoothedImages::All => virtual_adversarial(model, view, &log_probs, config.virtual_adversarial_radius),
+            SmoothedImages::Unlabelled => match labels.lt(0).nonzero().squeeze_dim(1) {
+                rows if rows.size()[0] == 0 => no_smoothing(),
+                rows => virtual_adversarial(
+                    model,
+                    &view.index_select(0, &rows),
+                    &log_probs.index_select(0, &rows),
+                    config.virtual_adversarial_radius,
+                ),
+            },
+        };
+        divergence * config.virtual_adversarial_weight
+    } else {
+        no_smoothing()
     };
     let cross_entropy = -log_probs.gather(1, &safe_labels.unsqueeze(1), false).squeeze_dim(1);
     let n_labelled = labelled.sum(Kind::Float).clamp_min(1.0);
@@ -423,6 +437,28 @@ mod tests {
         // The fixed-point pass: training mode, no gradients; the regularisers would add passes.
         assert!(tch::no_grad(regularisers).abs() < 1e-3);
         assert!(regularisers() > 1e-2, "learning adds them");
+    }
+
+    #[test]
+    fn smoothing_only_unlabelled_images_skips_the_labelled_ones() {
+        let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
+        let all_labelled = Tensor::arange(8, (Kind::Int64, tch::Device::Cpu));
+        let half_labelled = all_labelled.where_scalarother(&all_labelled.lt(4), -1);
+        for (images, labels, smoothed) in [
+            (SmoothedImages::All, &all_labelled, true),
+            (SmoothedImages::Unlabelled, &all_labelled, false),
+            (SmoothedImages::Unlabelled, &half_labelled, true),
+        ] {
+            let (_vars, model) =
+                small_model(Architecture::SemiSupervised, |c| (c.virtual_adversarial_weight, c.virtual_adversarial_images) = (1.0, images));
+            let batch = model.objective(&x, None, labels, 1.0, true);
+            let labelled_share = labels.ge(0).sum(Kind::Float).double_value(&[]) / 8.0;
+            let cross_entropy = batch.classification.unwrap() * model.config().classifier_weight * labelled_share;
+            // What the loss holds beyond the bound's terms and the cross-entropy: the smoothing.
+            let smoothing = (batch.loss - batch.reconstruction - batch.kl - cross_entropy).double_value(&[]);
+            assert_eq!(smoothing > 1e-3, smoothed, "{images:?} over {labels:?}: {smoothing}");
+            assert!(smoothing > -1e-3);
+        }
     }
 
     #[test]

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::config::GlobalArgs;
 use crate::data::{self, DataOptions};
-use crate::models::{self, artifact, Architecture, Likelihood, UnlabeledObjective};
+use crate::models::{self, artifact, Architecture, Likelihood, SmoothedImages, UnlabeledObjective};
 use crate::render;
 use crate::runtime::TorchRuntime;
 
@@ -113,6 +113,9 @@ pub struct TrainArgs {
     /// Semi-supervised: L2 norm of the virtual adversarial perturbation, in intensities 0..1.
     #[arg(long)]
     pub virtual_adversarial_radius: Option<f64>,
+    /// Semi-supervised: the images virtual adversarial training smooths (all, or unlabelled only).
+    #[arg(long, value_enum)]
+    pub virtual_adversarial_images: Option<SmoothedImages>,
     /// Semi-supervised: the encoder reads the label too, q(z|x, y) (true or false).
     #[arg(long)]
     pub label_in_encoder: Option<bool>,
@@ -167,6 +170,7 @@ impl TrainArgs {
         set(&mut model, "label_consistency_draws", self.label_consistency_draws.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_weight", self.virtual_adversarial_weight.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_radius", self.virtual_adversarial_radius.as_ref().map(json_of));
+        set(&mut model, "virtual_adversarial_images", self.virtual_adversarial_images.as_ref().map(json_of));
         set(&mut model, "label_in_encoder", self.label_in_encoder.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
