@@ -54,5 +54,5 @@ fn ports_paths_and_health_check_agree_with_the_code() {
     assert!(DOCKERFILE.contains(&format!("ARG TORCH_VERSION={}", vae_serve::runtime::torch_version())));
     assert!(DOCKERFILE.contains("CMD [\"serve\"]"));
     // The shipped default model (its latest version) exists in the repository.
-    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/mnist-ssvae/v4/manifest.json")).is_file());
+    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/mnist-ssvae/v5/manifest.json")).is_file());
 }

@@ -66,7 +66,7 @@ fn classification_of_the_shipped_model_is_accurate_over_http_in_every_input_form
         .unwrap();
     assert_eq!(multi["results"].as_array().unwrap().len(), 2);
     for answer in [&raw, &multi, &data_url] {
-        assert_eq!(answer["model"], "mnist-ssvae@4");
+        assert_eq!(answer["model"], "mnist-ssvae@5");
         assert_eq!(answer["results"][0]["label"], raw["results"][0]["label"]);
         assert_eq!(answer["results"][0]["probability"], raw["results"][0]["probability"], "same input, same answer in any form");
     }
@@ -148,7 +148,7 @@ fn sampling_and_interpolation_by_label_name_and_image() {
     assert_eq!(json_samples["images"].as_array().unwrap().len(), 4);
     assert_eq!(json_samples["latents"][0].as_array().unwrap().len(), 32);
     // The same request through the model-specific routes (the default is the latest version) gives the same codes.
-    for path in ["/v1/models/mnist-ssvae/sample", "/v1/models/mnist-ssvae/versions/4/sample", "/v1/models/mnist-ssvae/versions/v4/sample"] {
+    for path in ["/v1/models/mnist-ssvae/sample", "/v1/models/mnist-ssvae/versions/5/sample", "/v1/models/mnist-ssvae/versions/v5/sample"] {
         let again: Value = http.get(server.url(&format!("{path}?label=7&n=4&seed=3&format=json"))).send().unwrap().json().unwrap();
         assert_eq!(again["latents"], json_samples["latents"], "{path}");
         assert_eq!(again["images"], json_samples["images"], "{path}");
@@ -309,13 +309,13 @@ fn two_hundred_concurrent_requests_are_batched_and_all_answered_correctly() {
     let http = client();
     let metrics = http.get(format!("{base}/metrics")).send().unwrap().text().unwrap();
     let batches = |le: &str| -> f64 {
-        let prefix = format!("vae_inference_batch_size_bucket{{model=\"mnist-ssvae@4\",le=\"{le}\"}} ");
+        let prefix = format!("vae_inference_batch_size_bucket{{model=\"mnist-ssvae@5\",le=\"{le}\"}} ");
         metrics.lines().find_map(|l| l.strip_prefix(&prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{metrics}")).parse().unwrap()
     };
     let (single, all) = (batches("1"), batches("+Inf"));
     assert!(all < 260.0, "{all} batches for 260 requests: nothing was batched");
     assert!(all > single, "no batch held more than one request");
-    assert!(metrics.contains("vae_inference_requests_total{model=\"mnist-ssvae@4\",outcome=\"ok\"} 260"), "{metrics}");
+    assert!(metrics.contains("vae_inference_requests_total{model=\"mnist-ssvae@5\",outcome=\"ok\"} 260"), "{metrics}");
 }
 
 #[test]
@@ -344,7 +344,7 @@ fn a_full_queue_answers_503_with_retry_after_and_recovers() {
     assert!(rejected.iter().all(|(_, retry)| retry.as_deref() == Some("1")));
     assert_eq!(client().get(format!("{base}/sample?n=4")).send().unwrap().status(), 200, "the service recovers");
     let metrics = client().get(format!("{base}/metrics")).send().unwrap().text().unwrap();
-    assert!(metrics.contains(&format!("vae_inference_requests_total{{model=\"mnist-ssvae@4\",outcome=\"rejected\"}} {}", rejected.len())));
+    assert!(metrics.contains(&format!("vae_inference_requests_total{{model=\"mnist-ssvae@5\",outcome=\"rejected\"}} {}", rejected.len())));
 }
 
 #[test]

@@ -180,7 +180,7 @@ fn the_shipped_default_model_loads_and_serves_every_digit() {
     server.wait_ready();
     let http = client();
     let ready: Value = http.get(server.url("/readyz")).send().unwrap().json().unwrap();
-    assert_eq!(ready["default_model_id"], "mnist-ssvae@4");
+    assert_eq!(ready["default_model_id"], "mnist-ssvae@5");
     for digit in 0..10 {
         let response = http.get(server.url(&format!("/sample?label={digit}&n=4&seed=1"))).send().unwrap();
         assert_eq!(response.status(), 200);
