@@ -237,6 +237,7 @@ pub fn objective(
         let view = classifier_view.unwrap_or(images);
         let divergence = match config.virtual_adversarial_images {
             SmoothedImages::All => virtual_adversarial(model, view, &log_probs, config.virtual_adversarial_radius),
+            // The row count sets the passes' shapes: one host sync per step.
             SmoothedImages::Unlabelled => match labels.lt(0).nonzero().squeeze_dim(1) {
                 rows if rows.size()[0] == 0 => no_smoothing(),
                 rows => virtual_adversarial(
