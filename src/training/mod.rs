@@ -137,7 +137,7 @@ impl TrainOptions {
             Architecture::SemiSupervised => Self::semi_supervised(common),
             // The same on conv stages, each unlabelled image marginalised over its two likeliest
             // labels (8.0 s per epoch against 15.7 s over all ten), label consistency γ = 3, and
-            // virtual adversarial training on the unlabelled images only (11% faster, no accuracy
+            // virtual adversarial training on the unlabelled images only (10% faster, no accuracy
             // lost): 98.2% and 97.6% with 100 labels (seeds 0 and 1), label fidelity 96.9% and
             // 96.3% (BENCHMARKS.md, "Two labels per image" and "Smoothing only the unlabelled images").
             Architecture::SemiSupervisedConv => {
