@@ -14,9 +14,9 @@ use super::{
     Analysis, BatchingConfig, Code, Conditioning, Endpoint, Generated, InferenceError, Job, ModelInfo, Outcome, Reconstructed, Task, Want,
     WorkerState,
 };
-use crate::models::objective::{kl_to_standard_normal, negative_log_likelihood};
+use crate::models::objective::{kl_to_prior, negative_log_likelihood};
 use crate::models::packed::Precision;
-use crate::models::{self, artifact, LoadedModel};
+use crate::models::{self, artifact, LoadedModel, Prior};
 use crate::telemetry::Metrics;
 
 pub(super) struct Context {
@@ -162,7 +162,7 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
     // One decoder pass for every code to decode: samples and interpolations. Codes are planned
     // on the CPU and go to the device together: per request, a GPU would otherwise launch
     // kernels and wait for a copy back.
-    let mut codes: Vec<(usize, Tensor, Option<Tensor>, Option<i64>)> = Vec::new();
+    let mut plans: Vec<(usize, Planned)> = Vec::new();
     for (i, task) in tasks.iter().enumerate() {
         let planned = match task {
             Task::Sample { n, conditioning, codes, temperature, seed } => {
@@ -172,32 +172,45 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
             Task::Analyse { .. } => continue,
         };
         match planned {
-            Ok((z, y, label)) => codes.push((i, z, y, label)),
+            Ok(plan) => plans.push((i, plan)),
             Err(e) => results[i] = Some(Err(e)),
         }
     }
-    if !codes.is_empty() {
-        let z = Tensor::cat(&codes.iter().map(|(_, z, _, _)| z.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device);
-        let config = model.model.config();
+    if !plans.is_empty() {
+        let vae = &*model.model;
+        let config = vae.config();
+        let z = Tensor::cat(&plans.iter().map(|(_, p)| p.codes.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device);
         let y = config.architecture.is_semi_supervised().then(|| {
             let k = config.num_classes();
-            let parts: Vec<Tensor> = codes
+            let parts: Vec<Tensor> = plans
                 .iter()
-                .map(|(_, z, y, _)| {
-                    y.as_ref()
+                .map(|(_, p)| {
+                    p.labels
+                        .as_ref()
                         .map(|y| y.shallow_clone())
-                        .unwrap_or_else(|| Tensor::full([z.size()[0], k], 1.0 / k as f64, (Kind::Float, Device::Cpu)))
+                        .unwrap_or_else(|| Tensor::full([p.codes.size()[0], k], 1.0 / k as f64, (Kind::Float, Device::Cpu)))
                 })
                 .collect();
             Tensor::cat(&parts, 0).to_device(device)
         });
-        let images = models::intensities(config, &model.model.decode(&z, y.as_ref(), false)).to_device(Device::Cpu);
+        // Drawn noise becomes codes of the prior given each row's labels; given codes stay.
+        let z = match config.prior {
+            Prior::Standard => z,
+            Prior::LabelConditional => {
+                let drawn: Vec<u8> =
+                    plans.iter().flat_map(|(_, p)| std::iter::repeat_n(p.drawn as u8, p.codes.size()[0] as usize)).collect();
+                let drawn = Tensor::from_slice(&drawn).to_kind(Kind::Bool).unsqueeze(1).to_device(device);
+                models::codes_from_noise(vae, &z, y.as_ref()).where_self(&drawn, &z)
+            }
+        };
+        let images = models::intensities(config, &vae.decode(&z, y.as_ref(), false)).to_device(Device::Cpu);
+        let z = z.to_device(Device::Cpu);
         let mut offset = 0;
-        for (i, z, _, label) in codes {
-            let n = z.size()[0];
-            let latents = Vec::<Vec<f32>>::try_from(z).expect("float codes");
+        for (i, plan) in plans {
+            let n = plan.codes.size()[0];
+            let latents = Vec::<Vec<f32>>::try_from(z.narrow(0, offset, n)).expect("float codes");
             let images = models::to_image_batch(&shape, &images.narrow(0, offset, n));
-            results[i] = Some(Ok(Outcome::Generated(Generated { images, latents, label })));
+            results[i] = Some(Ok(Outcome::Generated(Generated { images, latents, label: plan.label })));
             offset += n;
         }
     }
@@ -226,7 +239,7 @@ impl Analyses {
             let posterior = posterior.as_ref().expect("encoded for reconstruction");
             let params = vae.decode(&posterior.mean, probabilities.as_ref(), false);
             let nll = doubles(&negative_log_likelihood(config.likelihood, &params, x, vae.likelihood_log_var()));
-            let kl = doubles(&kl_to_standard_normal(posterior));
+            let kl = doubles(&kl_to_prior(posterior, probabilities.as_ref().and_then(|p| vae.prior(p)).as_ref()));
             rows(&models::intensities(config, &params))
                 .into_iter()
                 .zip(nll.into_iter().zip(kl))
@@ -261,8 +274,19 @@ impl Analyses {
     }
 }
 
-/// Codes `[n, latent]`, labels `[n, K]` when given, and the clamped label: CPU tensors.
-type Plan = Result<(Tensor, Option<Tensor>, Option<i64>), InferenceError>;
+/// What one request decodes, as CPU tensors.
+struct Planned {
+    /// Codes `[n, latent]`, or, when `drawn`, prior noise (N(0, T²I) draws) that the decoding
+    /// pass turns into codes of the prior given the labels.
+    codes: Tensor,
+    drawn: bool,
+    /// Labels `[n, K]` when given.
+    labels: Option<Tensor>,
+    /// The clamped label.
+    label: Option<i64>,
+}
+
+type Plan = Result<Planned, InferenceError>;
 
 fn one_hot(model: &LoadedModel, label: i64, rows: i64) -> Tensor {
     let k = model.model.config().num_classes();
@@ -273,8 +297,8 @@ fn label_of(model: &LoadedModel, given: &str) -> Result<i64, InferenceError> {
     models::resolve_label(model.model.config(), given).map_err(|e| InferenceError::BadRequest(e.to_string()))
 }
 
-/// Codes for `n` images: the given ones, or z ~ N(0, T²I) drawn from `seed` alone by the CPU
-/// generator, so a request gets the same samples in any batch and on any device.
+/// Codes for `n` images: the given ones, or prior noise ~ N(0, T²I) drawn from `seed` alone by
+/// the CPU generator, so a request gets the same samples in any batch and on any device.
 fn plan_sample(model: &LoadedModel, n: usize, conditioning: &Conditioning, codes: Option<&[f32]>, temperature: f64, seed: u64) -> Plan {
     let config = model.model.config();
     let latent = config.latent_dim;
@@ -294,20 +318,21 @@ fn plan_sample(model: &LoadedModel, n: usize, conditioning: &Conditioning, codes
             (Some(Tensor::from_slice(labels).one_hot(config.num_classes()).to_kind(Kind::Float)), None)
         }
     };
-    let z = match codes {
+    let codes = match codes {
         Some(codes) if codes.len() != n * latent as usize => {
             return Err(InferenceError::BadRequest(format!("{} code values for {n} codes of {latent} dimensions", codes.len())));
         }
-        Some(codes) => Tensor::from_slice(codes).view([n as i64, latent]),
+        Some(codes) => return Ok(Planned { codes: Tensor::from_slice(codes).view([n as i64, latent]), drawn: false, labels: y, label }),
         None => {
             tch::manual_seed(seed as i64);
             Tensor::randn([n as i64, latent], (Kind::Float, Device::Cpu)) * temperature
         }
     };
-    Ok((z, y, label))
+    Ok(Planned { codes, drawn: true, labels: y, label })
 }
 
-/// Between two labels: one code, the label blended from one class to the other. Between two
+/// Between two labels: one noise draw, the label blended from one class to the other (and, under
+/// a label-conditional prior, the prior's parameters with it). Between two
 /// images: their posterior means joined by a straight line (labels blended likewise).
 fn plan_interpolation(model: &LoadedModel, from: &Endpoint, to: &Endpoint, steps: usize, seed: u64) -> Plan {
     let weights = Tensor::linspace(0.0, 1.0, steps as i64, (Kind::Float, Device::Cpu)).unsqueeze(1);
@@ -316,20 +341,21 @@ fn plan_interpolation(model: &LoadedModel, from: &Endpoint, to: &Endpoint, steps
         (Endpoint::Label(a), Endpoint::Label(b)) => {
             let (a, b) = (label_of(model, a)?, label_of(model, b)?);
             tch::manual_seed(seed as i64);
-            let z = Tensor::randn([1, model.model.config().latent_dim], (Kind::Float, Device::Cpu)).repeat([steps as i64, 1]);
-            Ok((z, Some(blend(&one_hot(model, a, 1), &one_hot(model, b, 1))), None))
+            let noise = Tensor::randn([1, model.model.config().latent_dim], (Kind::Float, Device::Cpu)).repeat([steps as i64, 1]);
+            let labels = blend(&one_hot(model, a, 1), &one_hot(model, b, 1));
+            Ok(Planned { codes: noise, drawn: true, labels: Some(labels), label: None })
         }
         (Endpoint::Image(a), Endpoint::Image(b)) => {
             let [c, h, w] = model.model.config().image.dims();
             let x = Tensor::from_slice(&[a.as_slice(), b.as_slice()].concat()).view([2, c, h, w]).to_device(model.vars.device());
             let probabilities = model.model.classify(&x, false).map(|logits| logits.softmax(1, Kind::Float));
             let mean = model.model.encode_given(&x, probabilities.as_ref(), false).mean.to_device(Device::Cpu);
-            let z = blend(&mean.get(0).unsqueeze(0), &mean.get(1).unsqueeze(0));
-            let y = probabilities.map(|p| {
+            let codes = blend(&mean.get(0).unsqueeze(0), &mean.get(1).unsqueeze(0));
+            let labels = probabilities.map(|p| {
                 let p = p.to_device(Device::Cpu);
                 blend(&p.get(0).unsqueeze(0), &p.get(1).unsqueeze(0))
             });
-            Ok((z, y, None))
+            Ok(Planned { codes, drawn: false, labels, label: None })
         }
         _ => Err(InferenceError::BadRequest("interpolate between two labels or between two images".into())),
     }
@@ -382,5 +408,45 @@ mod tests {
         assert_eq!((batch.len(), batch[0].task.rows()), (1, 2));
         assert_eq!(context.metrics.inference_requests.with_label_values(&["m@1", "abandoned"]).get(), 5);
         drop(waiting);
+    }
+
+    #[test]
+    fn drawn_codes_come_from_the_label_conditional_prior_and_given_codes_stay() {
+        let config = models::ModelConfig {
+            architecture: models::Architecture::SemiSupervised,
+            hidden: vec![16],
+            latent_dim: 3,
+            prior: Prior::LabelConditional,
+            ..Default::default()
+        };
+        let model = models::build(&config, Device::Cpu).unwrap();
+        // Class 3 has learned N(5, 0.5²); every other class kept N(0, I).
+        tch::no_grad(|| {
+            let _ = model.vars.variables()["prior.means"].get(3).fill_(5.0);
+            let _ = model.vars.variables()["prior.log_vars"].get(3).fill_(0.25f64.ln());
+        });
+        let sample =
+            |conditioning: Conditioning, codes: Option<Vec<f32>>| Task::Sample { n: 2, conditioning, codes, temperature: 2.0, seed: 9 };
+        let threes = sample(Conditioning::Label("3".into()), None);
+        let sevens = sample(Conditioning::Label("7".into()), None);
+        let given = sample(Conditioning::Label("3".into()), Some(vec![0.5, -1.0, 2.0, 0.0, 1.0, -2.0]));
+        let between = Task::Interpolate { from: Endpoint::Label("7".into()), to: Endpoint::Label("3".into()), steps: 3, seed: 9 };
+        let latents = |outcome: &Result<Outcome, InferenceError>| match outcome {
+            Ok(Outcome::Generated(generated)) => generated.latents.concat(),
+            _ => panic!("a generated outcome"),
+        };
+        let batch: Vec<Vec<f32>> = execute(&model, &[&threes, &sevens, &given, &between]).iter().map(latents).collect();
+
+        tch::manual_seed(9);
+        let noise = Vec::<f32>::try_from(Tensor::randn([2, 3], (Kind::Float, Device::Cpu)).flatten(0, -1)).unwrap();
+        let close = |got: &[f32], expected: Vec<f32>| got.iter().zip(&expected).all(|(g, e)| (g - e).abs() < 1e-5);
+        assert!(close(&batch[0], noise.iter().map(|e| 5.0 + 0.5 * 2.0 * e).collect()), "{:?}", batch[0]);
+        assert!(close(&batch[1], noise.iter().map(|e| 2.0 * e).collect()), "{:?}", batch[1]);
+        assert_eq!(batch[2], [0.5, -1.0, 2.0, 0.0, 1.0, -2.0], "given codes are decoded as they are");
+        // One noise draw, the prior moving with the label: from class 7's to class 3's.
+        let (first, last) = (&batch[3][..3], &batch[3][6..]);
+        assert!(close(first, noise[..3].to_vec()) && close(last, noise[..3].iter().map(|e| 5.0 + 0.5 * e).collect()), "{:?}", batch[3]);
+        // In any batch, the same samples.
+        assert_eq!(execute(&model, &[&threes]).iter().map(latents).collect::<Vec<_>>(), [batch[0].clone()]);
     }
 }

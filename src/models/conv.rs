@@ -8,7 +8,7 @@ use tch::{nn, nn::Module, Tensor};
 use super::batch_norm::{BatchNorm, BnControl};
 use super::layers;
 use super::mlp::{learned_log_var, BnMlp};
-use super::{ImageShape, ModelConfig, Posterior, Vae};
+use super::{Gaussian, ImageShape, ModelConfig, Vae};
 
 /// Halving convolutions, each followed by BN and ReLU: the features of the encoder and of the
 /// semi-supervised model's classifier.
@@ -107,9 +107,9 @@ impl ConvVae {
     }
 
     /// q(z|x[, c]) from the convolutional features of x.
-    fn encode_features(&self, features: Tensor, labels: Option<&Tensor>, train: bool) -> Posterior {
+    fn encode_features(&self, features: Tensor, labels: Option<&Tensor>, train: bool) -> Gaussian {
         let h = self.encoder_fc.forward(&layers::conditioned(features, labels, self.condition_dims[0]), train);
-        Posterior { mean: self.mean.forward(&h), log_var: self.log_var.forward(&h) }
+        Gaussian { mean: self.mean.forward(&h), log_var: self.log_var.forward(&h) }
     }
 }
 
@@ -118,17 +118,17 @@ impl Vae for ConvVae {
         &self.config
     }
 
-    fn encode(&self, images: &Tensor, train: bool) -> Posterior {
+    fn encode(&self, images: &Tensor, train: bool) -> Gaussian {
         self.encode_given(images, None, train)
     }
 
-    fn encode_given(&self, images: &Tensor, labels: Option<&Tensor>, train: bool) -> Posterior {
+    fn encode_given(&self, images: &Tensor, labels: Option<&Tensor>, train: bool) -> Gaussian {
         self.encode_features(self.down.forward(images, train), labels, train)
     }
 
     /// The label joins after the convolutional features, so these run once per image, not once
     /// per label: on 2 cores the semi-supervised epoch takes a quarter less time.
-    fn encode_pairs(&self, images: &Tensor, rows: &Tensor, labels: &Tensor, train: bool) -> Posterior {
+    fn encode_pairs(&self, images: &Tensor, rows: &Tensor, labels: &Tensor, train: bool) -> Gaussian {
         self.encode_features(self.down.forward(images, train).index_select(0, rows), Some(labels), train)
     }
 

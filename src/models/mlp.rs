@@ -5,7 +5,7 @@ use tch::{nn, nn::Module, Tensor};
 use super::batch_norm::{BatchNorm, BnControl};
 use super::layers;
 use super::packed::{Dense, PackedLinear, Precision};
-use super::{ModelConfig, ModelError, Posterior, Vae};
+use super::{Gaussian, ModelConfig, ModelError, Vae};
 
 /// Linear → BN → ReLU blocks: the hidden stack of every MLP part.
 #[derive(Debug)]
@@ -102,16 +102,16 @@ impl Vae for MlpVae {
         &self.config
     }
 
-    fn encode(&self, images: &Tensor, train: bool) -> Posterior {
+    fn encode(&self, images: &Tensor, train: bool) -> Gaussian {
         self.encode_given(images, None, train)
     }
 
     /// q(z|x, c): the encoder reads the condition `[B, width]` after the pixels when it was built
     /// with one.
-    fn encode_given(&self, images: &Tensor, condition: Option<&Tensor>, train: bool) -> Posterior {
+    fn encode_given(&self, images: &Tensor, condition: Option<&Tensor>, train: bool) -> Gaussian {
         let input = layers::conditioned(images.flatten(1, -1), condition, self.condition_dims[0]);
         let h = self.encoder.forward(&input, train);
-        Posterior { mean: self.mean.forward(&h, train), log_var: self.log_var.forward(&h, train) }
+        Gaussian { mean: self.mean.forward(&h, train), log_var: self.log_var.forward(&h, train) }
     }
 
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {

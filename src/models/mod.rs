@@ -85,6 +85,17 @@ pub enum SmoothedImages {
     Unlabelled,
 }
 
+/// Semi-supervised: the prior over codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Prior {
+    /// p(z) = N(0, I) whatever the label (M2).
+    Standard,
+    /// p(z|y) = N(μ_y, diag σ_y²), learned per class (starting at N(0, I)): a clamped label's
+    /// samples come from where that class's codes are, not from the whole code space.
+    LabelConditional,
+}
+
 /// Everything needed to rebuild a model's layers (saved in its manifest). In a training request
 /// every field is optional; `image` and `label_names` come from the dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -131,6 +142,8 @@ pub struct ModelConfig {
     /// carry the class and the clamped label decides it when sampling. Unlabelled examples are
     /// encoded once per label; without a label the encoder reads q(y|x).
     pub label_in_encoder: bool,
+    /// Semi-supervised only: p(z) shared by every label, or p(z|y) learned per label.
+    pub prior: Prior,
 }
 
 impl Default for ModelConfig {
@@ -152,6 +165,7 @@ impl Default for ModelConfig {
             virtual_adversarial_radius: 2.0,
             virtual_adversarial_images: SmoothedImages::All,
             label_in_encoder: false,
+            prior: Prior::Standard,
         }
     }
 }
@@ -210,6 +224,9 @@ impl ModelConfig {
         if self.label_in_encoder && !self.architecture.is_semi_supervised() {
             return fail("label_in_encoder: only semi-supervised models have labels to encode".into());
         }
+        if self.prior == Prior::LabelConditional && !self.architecture.is_semi_supervised() {
+            return fail("prior label-conditional: only semi-supervised models have labels to condition it on".into());
+        }
         if self.architecture.is_semi_supervised() && self.label_names.len() < 2 {
             return fail("a semi-supervised model needs at least two label names".into());
         }
@@ -221,16 +238,26 @@ impl ModelConfig {
     }
 }
 
-/// Diagonal Gaussian q(z|x).
-pub struct Posterior {
+/// Diagonal Gaussian over codes, row-wise: the posterior q(z|x) or a label-conditional prior p(z|y).
+pub struct Gaussian {
     pub mean: Tensor,
     pub log_var: Tensor,
 }
 
-impl Posterior {
+impl Gaussian {
     /// z = μ + σ·ε, the reparameterised sample.
     pub fn sample(&self) -> Tensor {
-        &self.mean + (&self.log_var * 0.5).exp() * self.mean.randn_like()
+        self.at(&self.mean.randn_like())
+    }
+
+    /// μ + σ·ε for given standard normal `noise` ε.
+    pub fn at(&self, noise: &Tensor) -> Tensor {
+        &self.mean + (&self.log_var * 0.5).exp() * noise
+    }
+
+    /// The distributions of the given rows, in that order.
+    pub fn rows(&self, rows: &Tensor) -> Gaussian {
+        Gaussian { mean: self.mean.index_select(0, rows), log_var: self.log_var.index_select(0, rows) }
     }
 }
 
@@ -239,21 +266,26 @@ impl Posterior {
 pub trait Vae: Send {
     fn config(&self) -> &ModelConfig;
     /// q(z|x) for images `[B, C, H, W]`.
-    fn encode(&self, images: &Tensor, train: bool) -> Posterior;
+    fn encode(&self, images: &Tensor, train: bool) -> Gaussian;
     /// q(z|x, y) for one-hot (or soft) labels `[B, K]`, for models whose encoder reads the label;
     /// the others ignore them.
-    fn encode_given(&self, images: &Tensor, _labels: Option<&Tensor>, train: bool) -> Posterior {
+    fn encode_given(&self, images: &Tensor, _labels: Option<&Tensor>, train: bool) -> Gaussian {
         self.encode(images, train)
     }
     /// q(z|x, y) for (image, label) pairs: image `rows[p]` of `images` given the one-hot
     /// `labels[p]`. A model whose encoder reads the label after features of the image alone
     /// computes those features once per image, however many labels it is paired with.
-    fn encode_pairs(&self, images: &Tensor, rows: &Tensor, labels: &Tensor, train: bool) -> Posterior {
+    fn encode_pairs(&self, images: &Tensor, rows: &Tensor, labels: &Tensor, train: bool) -> Gaussian {
         self.encode_given(&images.index_select(0, rows), Some(labels), train)
     }
     /// Likelihood parameters `[B, C, H, W]` (logits or means) for codes `[B, latent]`, with
     /// one-hot labels `[B, K]` for models whose decoder is conditioned on them.
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor;
+    /// p(z|y) for one-hot (or soft) labels `[B, K]` under a label-conditional prior (a soft label
+    /// blends the classes' parameters); None: the prior is N(0, I).
+    fn prior(&self, _labels: &Tensor) -> Option<Gaussian> {
+        None
+    }
     /// Class logits q(y|x) `[B, K]`, for models with a classifier.
     fn classify(&self, _images: &Tensor, _train: bool) -> Option<Tensor> {
         None
@@ -314,8 +346,21 @@ pub fn intensities(config: &ModelConfig, params: &Tensor) -> Tensor {
     }
 }
 
-/// Draws `n` codes z ~ N(0, T²·I) and decodes them (with `label` clamped for models that take
-/// labels); returns the codes and the images as intensities `[n, C, H, W]`.
+/// Codes from prior noise `[B, latent]` (standard normal draws times the temperature): the noise
+/// itself under N(0, I); under a label-conditional prior, μ_y + σ_y·noise for each row's labels
+/// `[B, K]`, a uniform blend of the classes where none are given (as the decoder then gets).
+pub fn codes_from_noise(model: &dyn Vae, noise: &Tensor, labels: Option<&Tensor>) -> Tensor {
+    let k = model.config().num_classes();
+    let uniform = || Tensor::full([noise.size()[0], k], 1.0 / k as f64, (tch::Kind::Float, noise.device()));
+    match model.prior(&labels.map(Tensor::shallow_clone).unwrap_or_else(uniform)) {
+        Some(prior) => prior.at(noise),
+        None => noise.shallow_clone(),
+    }
+}
+
+/// Draws `n` codes from the prior at temperature T (noise ~ N(0, T²·I), see `codes_from_noise`)
+/// and decodes them (with `label` clamped for models that take labels); returns the codes and the
+/// images as intensities `[n, C, H, W]`.
 pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64) -> Result<(Tensor, Tensor), ModelError> {
     let model = &*loaded.model;
     let config = model.config();
@@ -323,8 +368,9 @@ pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64
     if let Some(label) = label {
         check_label(config, label)?;
     }
-    let z = Tensor::randn([n, config.latent_dim], (tch::Kind::Float, device)) * temperature;
+    let noise = Tensor::randn([n, config.latent_dim], (tch::Kind::Float, device)) * temperature;
     let onehot = label.map(|l| Tensor::full([n], l, (tch::Kind::Int64, device)).one_hot(config.num_classes()).to_kind(tch::Kind::Float));
+    let z = codes_from_noise(model, &noise, onehot.as_ref());
     let images = intensities(config, &model.decode(&z, onehot.as_ref(), false));
     Ok((z, images))
 }

@@ -30,13 +30,32 @@ use super::batch_norm::BnControl;
 use super::conv::{ConvStack, ConvVae};
 use super::layers;
 use super::mlp::{BnMlp, MlpVae};
-use super::objective::{kl_to_standard_normal, negative_log_likelihood, BatchObjective};
+use super::objective::{kl_to_prior, negative_log_likelihood, BatchObjective};
 use super::packed::{Dense, Precision};
-use super::{ModelConfig, ModelError, Posterior, SmoothedImages, UnlabeledObjective, Vae};
+use super::{Gaussian, ModelConfig, ModelError, Prior, SmoothedImages, UnlabeledObjective, Vae};
 
 pub struct SemiSupervisedVae {
     vae: Box<dyn Vae>,
     classifier: Classifier,
+    prior: Option<LabelPrior>,
+}
+
+/// p(z|y) = N(μ_y, diag σ_y²): a mean and a log-variance per class, learned through the KL term.
+struct LabelPrior {
+    means: Tensor,
+    log_vars: Tensor,
+}
+
+impl LabelPrior {
+    /// Starts at N(0, I) for every class, the standard prior's model.
+    fn new(path: &nn::Path, classes: i64, latent_dim: i64) -> Self {
+        Self { means: path.zeros("means", &[classes, latent_dim]), log_vars: path.zeros("log_vars", &[classes, latent_dim]) }
+    }
+
+    /// Per row of one-hot (or soft) labels `[B, K]`: a soft label blends the classes' parameters.
+    fn given(&self, labels: &Tensor) -> Gaussian {
+        Gaussian { mean: labels.matmul(&self.means), log_var: labels.matmul(&self.log_vars) }
+    }
 }
 
 /// q(y|x): convolutional features (conv backbone) or the pixels, BN MLP, class logits.
@@ -88,13 +107,14 @@ impl SemiSupervisedVae {
     pub fn new(path: &nn::Path, config: ModelConfig, bn: &BnControl) -> Self {
         let classifier = Classifier::new(&(path / "classifier"), &config, bn);
         let k = config.num_classes();
+        let prior = (config.prior == Prior::LabelConditional).then(|| LabelPrior::new(&(path / "prior"), k, config.latent_dim));
         let condition_dims = [if config.label_in_encoder { k } else { 0 }, k];
         let vae: Box<dyn Vae> = if config.architecture.is_convolutional() {
             Box::new(ConvVae::new(path, config, condition_dims, bn))
         } else {
             Box::new(MlpVae::new(path, config, condition_dims, bn))
         };
-        Self { vae, classifier }
+        Self { vae, classifier, prior }
     }
 }
 
@@ -103,21 +123,21 @@ impl Vae for SemiSupervisedVae {
         self.vae.config()
     }
 
-    fn encode(&self, images: &Tensor, train: bool) -> Posterior {
+    fn encode(&self, images: &Tensor, train: bool) -> Gaussian {
         // Without a label, an encoder that reads one reads the classifier's belief.
         let belief =
             self.config().label_in_encoder.then(|| self.classify(images, train).expect("has a classifier").softmax(1, Kind::Float));
         self.vae.encode_given(images, belief.as_ref(), train)
     }
 
-    fn encode_given(&self, images: &Tensor, labels: Option<&Tensor>, train: bool) -> Posterior {
+    fn encode_given(&self, images: &Tensor, labels: Option<&Tensor>, train: bool) -> Gaussian {
         match labels {
             Some(y) => self.vae.encode_given(images, Some(y), train),
             None => self.encode(images, train),
         }
     }
 
-    fn encode_pairs(&self, images: &Tensor, rows: &Tensor, labels: &Tensor, train: bool) -> Posterior {
+    fn encode_pairs(&self, images: &Tensor, rows: &Tensor, labels: &Tensor, train: bool) -> Gaussian {
         self.vae.encode_pairs(images, rows, labels, train)
     }
 
@@ -131,6 +151,10 @@ impl Vae for SemiSupervisedVae {
                 self.vae.decode(z, Some(&uniform), train)
             }
         }
+    }
+
+    fn prior(&self, labels: &Tensor) -> Option<Gaussian> {
+        self.prior.as_ref().map(|prior| prior.given(labels))
     }
 
     fn classify(&self, images: &Tensor, train: bool) -> Option<Tensor> {
@@ -162,12 +186,14 @@ impl Vae for SemiSupervisedVae {
 impl SemiSupervisedVae {
     /// Mean CE(q(y|x̂), y) over `n` prior codes with random labels y, x̂ their decoded images as
     /// served (population batch norm), q the classifier held fixed, so only the decoder learns
-    /// from it and the classifier cannot learn to read whatever the decoder draws.
+    /// from it and the classifier cannot learn to read whatever the decoder draws (nor the prior
+    /// move to where it reads best: the codes are drawn from it as it stands).
     fn label_consistency(&self, n: i64, device: tch::Device) -> Tensor {
         let config = self.config();
         let labels = Tensor::randint(config.num_classes(), [n], (Kind::Int64, device));
-        let z = Tensor::randn([n, config.latent_dim], (Kind::Float, device));
         let onehot = labels.one_hot(config.num_classes()).to_kind(Kind::Float);
+        let noise = Tensor::randn([n, config.latent_dim], (Kind::Float, device));
+        let z = super::codes_from_noise(self, &noise, Some(&onehot)).detach();
         let drawn = super::intensities(config, &self.vae.decode(&z, Some(&onehot), false));
         self.classifier.forward_frozen(&drawn).cross_entropy_for_logits(&labels)
     }
@@ -208,21 +234,22 @@ pub fn objective(
     // Encoded with the label the decoder is given (an encoder that does not read labels ignores it).
     let encoded_with = |x: &Tensor, y: &Tensor| {
         let posterior = model.encode_given(x, Some(y), train);
-        (posterior.sample(), kl_to_standard_normal(&posterior))
+        (posterior.sample(), kl_to_prior(&posterior, model.prior(y).as_ref()))
     };
 
     // Reconstruction and KL with the true label (labelled) or per the unlabelled objective.
     let (reconstruction, kl, label_terms) = match config.unlabeled_objective {
         UnlabeledObjective::Marginalize => {
             let pairs = LabelPairs::new(&log_probs, labels, labels_per_image(config, train));
-            let (z, kl) = if config.label_in_encoder {
+            let (z, posterior) = if config.label_in_encoder {
                 let posterior = model.encode_pairs(images, &pairs.rows, &pairs.onehots, train);
-                (posterior.sample(), kl_to_standard_normal(&posterior))
+                (posterior.sample(), posterior)
             } else {
-                // An encoder that does not read the label encodes each image once.
-                let (z, kl) = encoded_with(images, &true_onehot);
-                (z.index_select(0, &pairs.rows), kl.index_select(0, &pairs.rows))
+                // An encoder that does not read the label encodes (and draws) each image once.
+                let once = model.encode_given(images, Some(&true_onehot), train);
+                (once.sample().index_select(0, &pairs.rows), once.rows(&pairs.rows))
             };
+            let kl = kl_to_prior(&posterior, model.prior(&pairs.onehots).as_ref());
             let nll = nll_of(&z, &pairs.onehots, &images.index_select(0, &pairs.rows));
             (pairs.per_image(&nll), pairs.per_image(&kl), pairs.neg_entropy)
         }
@@ -350,6 +377,7 @@ fn unit_per_image(t: &Tensor) -> Tensor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::objective::importance_weighted_log_likelihood;
     use crate::models::{Architecture, BnControl};
 
     /// Both backbones.
@@ -372,7 +400,7 @@ mod tests {
     }
 
     fn label_consistency_trains_the_decoder_through_a_fixed_classifier_of(architecture: Architecture) {
-        let (vars, model) = small_model(architecture, |c| c.label_consistency_weight = 3.0);
+        let (vars, model) = small_model(architecture, |c| (c.label_consistency_weight, c.prior) = (3.0, Prior::LabelConditional));
         model.label_consistency(16, tch::Device::Cpu).backward();
         let gradient_under = |prefix: &str| -> f64 {
             vars.variables()
@@ -384,6 +412,7 @@ mod tests {
         assert!(gradient_under("decoder") > 0.0, "the decoder learns from it");
         assert_eq!(gradient_under("classifier"), 0.0, "the classifier is held fixed");
         assert_eq!(gradient_under("encoder"), 0.0, "the encoder plays no part");
+        assert_eq!(gradient_under("prior"), 0.0, "the prior is drawn from, not moved");
 
         // Held fixed means: the served (inference-mode) classifier's function, weights detached.
         // Population statistics of their own first, so that folding them in is tested.
@@ -499,10 +528,64 @@ mod tests {
         let none = Tensor::full([6], -1, (Kind::Int64, tch::Device::Cpu));
         let batch = model.objective(&x, None, &none, 1.0, false);
         let expected_kl = (0..10)
-            .map(|l| belief.select(1, l) * kl_to_standard_normal(&model.encode_given(&x, Some(&label(l)), false)))
+            .map(|l| belief.select(1, l) * kl_to_prior(&model.encode_given(&x, Some(&label(l)), false), None))
             .fold(Tensor::zeros([6], (Kind::Float, tch::Device::Cpu)), |sum, t| sum + t)
             .mean(Kind::Float);
         assert!(batch.kl.allclose(&expected_kl, 1e-4, 1e-4, false), "{} vs {}", batch.kl, expected_kl);
+    }
+
+    #[test]
+    fn a_label_conditional_prior_starts_standard_and_draws_each_class_where_it_has_learned_to() {
+        for architecture in ARCHITECTURES {
+            a_label_conditional_prior_starts_standard_and_draws_each_class_where_it_has_learned_to_of(architecture);
+        }
+    }
+
+    fn a_label_conditional_prior_starts_standard_and_draws_each_class_where_it_has_learned_to_of(architecture: Architecture) {
+        let cpu = tch::Device::Cpu;
+        let build = |prior: Prior| {
+            tch::manual_seed(0);
+            small_model(architecture, |c| (c.label_in_encoder, c.prior) = (true, prior))
+        };
+        let ((_standard_vars, standard), (vars, conditional)) = (build(Prior::Standard), build(Prior::LabelConditional));
+        let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, cpu));
+        let labels = Tensor::from_slice(&[-1i64, -1, -1, -1, 3, 7, 1, 0]);
+        // At N(0, I) for every class, the model is the standard prior's: same bound, same IWAE.
+        let bound = |model: &SemiSupervisedVae| {
+            tch::manual_seed(1);
+            model.objective(&x, None, &labels, 1.0, false).negative_elbo.double_value(&[])
+        };
+        assert!((bound(&standard) - bound(&conditional)).abs() < 1e-3, "{architecture:?}");
+        let iwae = |model: &SemiSupervisedVae| {
+            tch::manual_seed(2);
+            importance_weighted_log_likelihood(model, &x, 3)
+        };
+        assert!(iwae(&standard).allclose(&iwae(&conditional), 1e-3, 1e-3, false), "{architecture:?}");
+
+        // Training moves the prior through the KL term.
+        conditional.objective(&x, None, &labels, 1.0, true).loss.backward();
+        let means = &vars.variables()["prior.means"];
+        assert!(means.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0, "{architecture:?}: the prior learns");
+
+        // Class 3 learned N(5, 0.5²): its codes are drawn there, temperature scaling the spread;
+        // class 7 kept N(0, I). A soft label blends the two.
+        tch::no_grad(|| {
+            let _ = means.get(3).fill_(5.0);
+            let _ = vars.variables()["prior.log_vars"].get(3).fill_(0.25f64.ln());
+        });
+        let noise = Tensor::randn([4000, 4], (Kind::Float, cpu)) * 0.5;
+        let onehot = |l: i64| Tensor::full([4000], l, (Kind::Int64, cpu)).one_hot(10).to_kind(Kind::Float);
+        let moments = |labels: &Tensor| {
+            let z = tch::no_grad(|| super::super::codes_from_noise(&conditional, &noise, Some(labels)));
+            (z.mean(Kind::Float).double_value(&[]), z.std(true).double_value(&[]))
+        };
+        let near = |(mean, std): (f64, f64), expected: (f64, f64)| (mean - expected.0).abs() < 0.05 && (std - expected.1).abs() < 0.02;
+        assert!(near(moments(&onehot(3)), (5.0, 0.25)), "{:?}", moments(&onehot(3)));
+        assert!(near(moments(&onehot(7)), (0.0, 0.5)), "{:?}", moments(&onehot(7)));
+        let halfway = (onehot(3) + onehot(7)) * 0.5;
+        assert!(near(moments(&halfway), (2.5, 0.5 * 0.5f64.sqrt())), "{:?}", moments(&halfway));
+        let standard_codes = tch::no_grad(|| super::super::codes_from_noise(&standard, &noise, Some(&onehot(3))));
+        assert!(standard_codes.equal(&noise), "N(0, I) codes are the noise itself");
     }
 
     #[test]

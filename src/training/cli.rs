@@ -10,7 +10,7 @@ use super::{
 };
 use crate::config::GlobalArgs;
 use crate::data::{self, DataOptions};
-use crate::models::{self, artifact, Architecture, Likelihood, SmoothedImages, UnlabeledObjective};
+use crate::models::{self, artifact, Architecture, Likelihood, Prior, SmoothedImages, UnlabeledObjective};
 use crate::render;
 use crate::runtime::TorchRuntime;
 
@@ -119,6 +119,9 @@ pub struct TrainArgs {
     /// Semi-supervised: the encoder reads the label too, q(z|x, y) (true or false).
     #[arg(long)]
     pub label_in_encoder: Option<bool>,
+    /// Semi-supervised: the prior over codes, N(0, I) for every label or learned per label.
+    #[arg(long, value_enum)]
+    pub prior: Option<Prior>,
     /// Semi-supervised: random whole-pixel shifts, up to this many pixels per axis, of what the
     /// classifier sees while training (0: off).
     #[arg(long)]
@@ -172,6 +175,7 @@ impl TrainArgs {
         set(&mut model, "virtual_adversarial_radius", self.virtual_adversarial_radius.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_images", self.virtual_adversarial_images.as_ref().map(json_of));
         set(&mut model, "label_in_encoder", self.label_in_encoder.as_ref().map(json_of));
+        set(&mut model, "prior", self.prior.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
             LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
