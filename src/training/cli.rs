@@ -74,6 +74,9 @@ pub struct TrainArgs {
     pub step_epochs: usize,
     #[arg(long)]
     pub kl_warmup_epochs: Option<f64>,
+    /// β, the KL term's weight once warmed up (1: the ELBO).
+    #[arg(long)]
+    pub kl_beta: Option<f64>,
     #[arg(long)]
     pub latent_dim: Option<i64>,
     #[arg(long, value_delimiter = ',')]
@@ -195,6 +198,7 @@ impl TrainArgs {
         set(&mut options, "epochs", self.epochs.as_ref().map(json_of));
         set(&mut options, "batch_size", self.batch_size.as_ref().map(json_of));
         set(&mut options, "kl_warmup_epochs", self.kl_warmup_epochs.as_ref().map(json_of));
+        set(&mut options, "kl_beta", self.kl_beta.as_ref().map(json_of));
         set(&mut options, "labeled", self.labeled.as_ref().map(json_of));
         set(&mut options, "labeled_batch_size", self.labeled_batch_size.as_ref().map(json_of));
         set(&mut options, "augment_shift", self.augment_shift.as_ref().map(json_of));

@@ -81,8 +81,11 @@ pub struct TrainOptions {
     pub batch_size: usize,
     pub optimizer: OptimizerConfig,
     pub schedule: Schedule,
-    /// KL weight rises linearly from 0 to 1 over this many epochs (0: no warm-up).
+    /// KL weight rises linearly from 0 to `kl_beta` over this many epochs (0: no warm-up).
     pub kl_warmup_epochs: f64,
+    /// β: the weight of the KL term in the loss once warmed up (1: the ELBO; > 1 squeezes what z
+    /// carries, so the label has more to say). The bound reported keeps weight 1.
+    pub kl_beta: f64,
     /// Semi-supervised: labelled examples in total, balanced over classes.
     pub labeled: usize,
     /// Semi-supervised: labelled examples appended to every unlabelled batch.
@@ -117,6 +120,7 @@ impl TrainOptions {
             optimizer: OptimizerConfig::default(),
             schedule: Schedule::Cosine { min_factor: 0.01 },
             kl_warmup_epochs: 0.0,
+            kl_beta: 1.0,
             labeled: 100,
             labeled_batch_size: 100,
             augment_shift: 0,
@@ -221,6 +225,9 @@ impl TrainOptions {
         }
         if self.kl_warmup_epochs.is_nan() || self.kl_warmup_epochs < 0.0 {
             return invalid("kl_warmup_epochs must be ≥ 0".into());
+        }
+        if !(self.kl_beta > 0.0 && self.kl_beta <= 100.0) {
+            return invalid(format!("kl_beta = {} must be in (0, 100]", self.kl_beta));
         }
         if let Schedule::Cosine { min_factor } = self.schedule {
             if !(0.0..=1.0).contains(&min_factor) {
@@ -537,7 +544,8 @@ pub fn train(
             }
             let t = epoch as f64 + step as f64 / steps as f64;
             learning_rate = options.optimizer.learning_rate * options.schedule.factor(t, options.epochs);
-            kl_weight = if options.kl_warmup_epochs > 0.0 { (t / options.kl_warmup_epochs).min(1.0) } else { 1.0 };
+            let warmed = if options.kl_warmup_epochs > 0.0 { (t / options.kl_warmup_epochs).min(1.0) } else { 1.0 };
+            kl_weight = warmed * options.kl_beta;
             let index = order.narrow(0, (step * options.batch_size) as i64, options.batch_size as i64);
             let mut images = train_set.images.index_select(0, &index);
             let mut labels = Tensor::full([options.batch_size as i64], -1, (Kind::Int64, device));
@@ -743,6 +751,17 @@ mod tests {
         assert!(mlp.validate().unwrap_err().to_string().contains("only semi-supervised"));
         mlp.augment_shift = 0;
         assert!(mlp.validate().is_ok());
+    }
+
+    #[test]
+    fn kl_beta_is_a_positive_bounded_weight() {
+        for ok in [0.5, 1.0, 4.0, 100.0] {
+            assert!(TrainOptions { kl_beta: ok, ..TrainOptions::default() }.validate().is_ok(), "{ok}");
+        }
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY, 101.0] {
+            let why = TrainOptions { kl_beta: bad, ..TrainOptions::default() }.validate().unwrap_err().to_string();
+            assert!(why.contains("kl_beta"), "{bad}: {why}");
+        }
     }
 
     #[test]
