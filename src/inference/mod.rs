@@ -98,7 +98,8 @@ pub enum Conditioning {
 #[derive(Debug, Clone)]
 pub enum Task {
     /// `n` images decoded from codes: the given ones (`n × latent`, row-major), or codes drawn
-    /// from N(0, T²I) with `seed`.
+    /// from the prior with `seed`, its standard deviation scaled by T (N(0, T²I) unless the model
+    /// learned p(z|y)).
     Sample {
         n: usize,
         conditioning: Conditioning,

@@ -309,7 +309,7 @@ pub struct EvalArgs {
     /// Samples the judge scores (spread evenly over the labels of a model with labels).
     #[arg(long, default_value_t = super::SCORED_SAMPLES)]
     pub samples: i64,
-    /// Temperature of those samples: z ~ N(0, T²·I).
+    /// Temperature of those samples: the prior's standard deviation times T (z ~ N(0, T²·I) under N(0, I)).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
     #[arg(long, default_value_t = 0)]
