@@ -288,6 +288,10 @@ pub struct LabelFidelity {
     pub overall: f64,
     /// Per label name.
     pub per_label: BTreeMap<String, f64>,
+    /// Per label name, what the judge called the samples it did not keep, and how many: whether
+    /// a label's misses are another class or one sink for doubtful drawings (`vae-serve eval`).
+    #[serde(default)]
+    pub misjudged_as: BTreeMap<String, BTreeMap<String, i64>>,
 }
 
 impl LabelFidelity {
@@ -361,15 +365,19 @@ pub fn score_samples(judge: &Judge, loaded: &LoadedModel, samples: i64, temperat
         let k = config.num_classes();
         let per_label = (samples / k).max(1);
         let mut drawn = Vec::new();
-        let mut kept = BTreeMap::new();
+        let (mut kept, mut misjudged_as) = (BTreeMap::new(), BTreeMap::new());
         for label in 0..k {
             let features = judge.features(&draw(per_label, Some(label))?);
-            let hits = judge.predict(&features).eq(label).sum(Kind::Int64).int64_value(&[]);
-            kept.insert(config.label_names[label as usize].clone(), hits as f64 / per_label as f64);
+            let judged =
+                Vec::<i64>::try_from(judge.predict(&features).bincount::<Tensor>(None, k).to_device(Device::Cpu)).expect("integer counts");
+            let name = |i: usize| config.label_names[i].clone();
+            kept.insert(name(label as usize), judged[label as usize] as f64 / per_label as f64);
+            let misses = judged.iter().enumerate().filter(|&(other, &n)| other != label as usize && n > 0);
+            misjudged_as.insert(name(label as usize), misses.map(|(other, &n)| (name(other), n)).collect());
             drawn.push(features);
         }
         let overall = kept.values().sum::<f64>() / k as f64;
-        (Tensor::cat(&drawn, 0), Some(LabelFidelity { overall, per_label: kept }))
+        (Tensor::cat(&drawn, 0), Some(LabelFidelity { overall, per_label: kept, misjudged_as }))
     } else {
         (judge.features(&draw(samples, None)?), None)
     };
@@ -479,6 +487,11 @@ mod tests {
         let untrained = score_samples(&judge, &models::build(shipped.model.config(), Device::Cpu).unwrap(), 2000, 1.0, 0).unwrap();
         let (kept, chance) = (trained.label_fidelity.clone().unwrap(), untrained.label_fidelity.clone().unwrap());
         assert_eq!(kept.per_label.len(), 10);
+        for (label, fidelity) in &kept.per_label {
+            let misses: i64 = kept.misjudged_as[label].values().sum();
+            assert_eq!(misses, ((1.0 - fidelity) * 200.0).round() as i64, "label {label}: {kept:?}");
+            assert!(!kept.misjudged_as[label].contains_key(label));
+        }
         assert!(kept.overall > 0.5 && chance.overall < 0.2, "shipped {kept:?}, untrained {chance:?}");
         assert!(trained.frechet_distance < untrained.frechet_distance / 10.0, "{trained:?} {untrained:?}");
         assert!(trained.frechet_distance > judge.card.frechet_floor);
