@@ -179,36 +179,38 @@ fn execute(model: &LoadedModel, tasks: &[&Task]) -> Vec<Result<Outcome, Inferenc
     if !plans.is_empty() {
         let vae = &*model.model;
         let config = vae.config();
-        let z = Tensor::cat(&plans.iter().map(|(_, p)| p.codes.shallow_clone()).collect::<Vec<_>>(), 0).to_device(device);
+        let planned = Tensor::cat(&plans.iter().map(|(_, p)| p.codes.shallow_clone()).collect::<Vec<_>>(), 0);
         let y = config.architecture.is_semi_supervised().then(|| {
-            let k = config.num_classes();
             let parts: Vec<Tensor> = plans
                 .iter()
                 .map(|(_, p)| {
                     p.labels
                         .as_ref()
-                        .map(|y| y.shallow_clone())
-                        .unwrap_or_else(|| Tensor::full([p.codes.size()[0], k], 1.0 / k as f64, (Kind::Float, Device::Cpu)))
+                        .map(Tensor::shallow_clone)
+                        .unwrap_or_else(|| models::label_rows(config, p.codes.size()[0], None, Device::Cpu))
                 })
                 .collect();
             Tensor::cat(&parts, 0).to_device(device)
         });
-        // Drawn noise becomes codes of the prior given each row's labels; given codes stay.
-        let z = match config.prior {
-            Prior::Standard => z,
+        // Drawn noise becomes codes of the prior given each row's labels; given codes stay. Only
+        // a learned prior changes codes on the device, so only then do they come back from it.
+        let (z, codes) = match config.prior {
+            Prior::Standard => (planned.to_device(device), planned),
             Prior::LabelConditional => {
+                let noise = planned.to_device(device);
                 let drawn: Vec<u8> =
                     plans.iter().flat_map(|(_, p)| std::iter::repeat_n(p.drawn as u8, p.codes.size()[0] as usize)).collect();
                 let drawn = Tensor::from_slice(&drawn).to_kind(Kind::Bool).unsqueeze(1).to_device(device);
-                models::codes_from_noise(vae, &z, y.as_ref()).where_self(&drawn, &z)
+                let z = models::codes_from_noise(vae, &noise, y.as_ref()).where_self(&drawn, &noise);
+                let codes = z.to_device(Device::Cpu);
+                (z, codes)
             }
         };
         let images = models::intensities(config, &vae.decode(&z, y.as_ref(), false)).to_device(Device::Cpu);
-        let z = z.to_device(Device::Cpu);
         let mut offset = 0;
         for (i, plan) in plans {
             let n = plan.codes.size()[0];
-            let latents = Vec::<Vec<f32>>::try_from(z.narrow(0, offset, n)).expect("float codes");
+            let latents = Vec::<Vec<f32>>::try_from(codes.narrow(0, offset, n)).expect("float codes");
             let images = models::to_image_batch(&shape, &images.narrow(0, offset, n));
             results[i] = Some(Ok(Outcome::Generated(Generated { images, latents, label: plan.label })));
             offset += n;
@@ -288,11 +290,6 @@ struct Planned {
 
 type Plan = Result<Planned, InferenceError>;
 
-fn one_hot(model: &LoadedModel, label: i64, rows: i64) -> Tensor {
-    let k = model.model.config().num_classes();
-    Tensor::full([rows], label, (Kind::Int64, Device::Cpu)).one_hot(k).to_kind(Kind::Float)
-}
-
 fn label_of(model: &LoadedModel, given: &str) -> Result<i64, InferenceError> {
     models::resolve_label(model.model.config(), given).map_err(|e| InferenceError::BadRequest(e.to_string()))
 }
@@ -306,7 +303,7 @@ fn plan_sample(model: &LoadedModel, n: usize, conditioning: &Conditioning, codes
         Conditioning::None => (None, None),
         Conditioning::Label(given) => {
             let label = label_of(model, given)?;
-            (Some(one_hot(model, label, n as i64)), Some(label))
+            (Some(models::label_rows(config, n as i64, Some(label), Device::Cpu)), Some(label))
         }
         Conditioning::PerRow(labels) => {
             for &label in labels {
@@ -342,7 +339,8 @@ fn plan_interpolation(model: &LoadedModel, from: &Endpoint, to: &Endpoint, steps
             let (a, b) = (label_of(model, a)?, label_of(model, b)?);
             tch::manual_seed(seed as i64);
             let noise = Tensor::randn([1, model.model.config().latent_dim], (Kind::Float, Device::Cpu)).repeat([steps as i64, 1]);
-            let labels = blend(&one_hot(model, a, 1), &one_hot(model, b, 1));
+            let one_hot = |label| models::label_rows(model.model.config(), 1, Some(label), Device::Cpu);
+            let labels = blend(&one_hot(a), &one_hot(b));
             Ok(Planned { codes: noise, drawn: true, labels: Some(labels), label: None })
         }
         (Endpoint::Image(a), Endpoint::Image(b)) => {

@@ -350,11 +350,20 @@ pub fn intensities(config: &ModelConfig, params: &Tensor) -> Tensor {
 /// itself under N(0, I); under a label-conditional prior, μ_y + σ_y·noise for each row's labels
 /// `[B, K]`, a uniform blend of the classes where none are given (as the decoder then gets).
 pub fn codes_from_noise(model: &dyn Vae, noise: &Tensor, labels: Option<&Tensor>) -> Tensor {
-    let k = model.config().num_classes();
-    let uniform = || Tensor::full([noise.size()[0], k], 1.0 / k as f64, (tch::Kind::Float, noise.device()));
-    match model.prior(&labels.map(Tensor::shallow_clone).unwrap_or_else(uniform)) {
+    let given = labels.map(Tensor::shallow_clone);
+    match model.prior(&given.unwrap_or_else(|| label_rows(model.config(), noise.size()[0], None, noise.device()))) {
         Some(prior) => prior.at(noise),
         None => noise.shallow_clone(),
+    }
+}
+
+/// Label inputs `[rows, K]`: each row the one-hot of `label`, or with none the uniform blend of
+/// the K classes (the mean of the one-hots), which is what a decoder is given when no label is.
+pub fn label_rows(config: &ModelConfig, rows: i64, label: Option<i64>, device: tch::Device) -> Tensor {
+    let k = config.num_classes();
+    match label {
+        Some(label) => Tensor::full([rows], label, (tch::Kind::Int64, device)).one_hot(k).to_kind(tch::Kind::Float),
+        None => Tensor::full([rows, k], 1.0 / k as f64, (tch::Kind::Float, device)),
     }
 }
 
@@ -369,7 +378,7 @@ pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64
         check_label(config, label)?;
     }
     let noise = Tensor::randn([n, config.latent_dim], (tch::Kind::Float, device)) * temperature;
-    let onehot = label.map(|l| Tensor::full([n], l, (tch::Kind::Int64, device)).one_hot(config.num_classes()).to_kind(tch::Kind::Float));
+    let onehot = label.map(|l| label_rows(config, n, Some(l), device));
     let z = codes_from_noise(model, &noise, onehot.as_ref());
     let images = intensities(config, &model.decode(&z, onehot.as_ref(), false));
     Ok((z, images))

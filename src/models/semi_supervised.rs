@@ -144,12 +144,7 @@ impl Vae for SemiSupervisedVae {
     fn decode(&self, z: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
         match labels {
             Some(y) => self.vae.decode(z, Some(y), train),
-            // No label given: decode under a uniform mixture input, the prior's mean of one-hots.
-            None => {
-                let k = self.config().num_classes();
-                let uniform = Tensor::full([z.size()[0], k], 1.0 / k as f64, (Kind::Float, z.device()));
-                self.vae.decode(z, Some(&uniform), train)
-            }
+            None => self.vae.decode(z, Some(&super::label_rows(self.config(), z.size()[0], None, z.device())), train),
         }
     }
 
