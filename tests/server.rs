@@ -159,7 +159,11 @@ fn an_api_key_guards_mutations_and_optionally_reads() {
     assert_problem(http.post(server.url("/sample")).bearer_auth("wrong").send().unwrap(), 401);
     // The right key passes access control; the route itself only allows GET.
     assert_problem(http.post(server.url("/sample")).bearer_auth("s3cret-key").send().unwrap(), 405);
-    assert_eq!(http.get(server.url("/metrics")).send().unwrap().status(), 200, "reads stay open");
+    let metrics = http.get(server.url("/metrics")).send().unwrap();
+    assert_eq!(metrics.status(), 200, "reads stay open");
+    let metrics = metrics.text().unwrap();
+    let refusals = "vae_http_requests_total{method=\"POST\",route=\"/sample\",status=\"401\"} 2";
+    assert!(metrics.contains(refusals), "refusals are counted by route: {metrics}");
     assert!(!server.log.lock().unwrap().contains("s3cret-key"), "the key never reaches the logs");
     assert!(!server.log.lock().unwrap().contains("requests are open"));
     drop(server);
