@@ -154,6 +154,8 @@ pub fn set_torch_threads_of_this_thread(threads: usize) {
 /// allocator's locks. Two per core covers the runtime's workers (one per core) and as many model,
 /// training and blocking threads. `/classify` at concurrency 64 on 2 cores
 /// (`bench/serving_knobs.sh`, BENCHMARKS.md): 13.3k requests/s with 2 arenas, 18.2k with 4, 16.3k with 8.
+/// The binary's own allocations have since moved to mimalloc; glibc's are libtorch's and the C
+/// libraries'.
 pub fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {

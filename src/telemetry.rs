@@ -110,7 +110,7 @@ impl Metrics {
         let malloc_bytes = IntGaugeVec::new(
             Opts::new(
                 "vae_malloc_bytes",
-                "C heap (glibc malloc, all arenas): bytes in live allocations (in_use) and free bytes it keeps (free)",
+                "C heap (glibc malloc, all arenas; libtorch and the C libraries, not Rust's own allocations, which use mimalloc): bytes in live allocations (in_use) and free bytes it keeps (free)",
             ),
             &["state"],
         )
