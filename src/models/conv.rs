@@ -69,6 +69,9 @@ pub struct ConvVae {
     log_var: nn::Linear,
     decoder_fc: BnMlp,
     up: Vec<(layers::DoublingConv, Option<BatchNorm>)>,
+    /// With `label_in_decoder_stages`: per up stage, the label's shift of its output, one per
+    /// channel after a batch-normalised stage, one per pixel (a class template) on the logits.
+    stage_labels: Vec<nn::Linear>,
     likelihood_log_var: Option<Tensor>,
     /// `[C, H, W]` of the smallest feature map.
     bottleneck: [i64; 3],
@@ -94,6 +97,7 @@ impl ConvVae {
         widths.push(flat);
         let decoder_fc = BnMlp::new(&dec, config.latent_dim + condition_dim, &widths, bn);
         let mut up = Vec::new();
+        let mut stage_labels = Vec::new();
         let reversed: Vec<i64> = config.conv_channels.iter().rev().copied().collect();
         for (i, &input) in reversed.iter().enumerate() {
             let last = i + 1 == reversed.len();
@@ -101,9 +105,15 @@ impl ConvVae {
             let tconv = layers::doubling_conv(&dec / format!("tconv{i}"), input, out, sides[reversed.len() - 1 - i]);
             let norm = (!last).then(|| BatchNorm::new(&dec / format!("tconv_bn{i}"), out, bn));
             up.push((tconv, norm));
+            if condition_dim > 0 && config.label_in_decoder_stages {
+                let shifts = if last { config.image.pixels() } else { out };
+                // Zero at first: training starts from the model without them.
+                let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: None, bias: false };
+                stage_labels.push(nn::linear(&dec / format!("tconv_label{i}"), condition_dim, shifts, zero));
+            }
         }
         let likelihood_log_var = learned_log_var(path, &config);
-        Self { config, condition_dims, down, encoder_fc, mean, log_var, decoder_fc, up, likelihood_log_var, bottleneck }
+        Self { config, condition_dims, down, encoder_fc, mean, log_var, decoder_fc, up, stage_labels, likelihood_log_var, bottleneck }
     }
 
     /// q(z|x[, c]) from the convolutional features of x.
@@ -136,9 +146,24 @@ impl Vae for ConvVae {
         let [c, h, w] = self.bottleneck;
         let input = layers::conditioned(z.shallow_clone(), labels, self.condition_dims[1]);
         let start = self.decoder_fc.forward(&input, train).view([-1, c, h, w]);
-        self.up.iter().fold(start, |x, (tconv, norm)| match norm {
-            Some(bn) => bn.forward(&tconv.forward(&x), train).relu(),
-            None => tconv.forward(&x),
+        self.up.iter().enumerate().fold(start, |x, (i, (tconv, norm))| {
+            let y = match norm {
+                Some(bn) => bn.forward(&tconv.forward(&x), train),
+                None => tconv.forward(&x),
+            };
+            let y = match (self.stage_labels.get(i), labels) {
+                // Per channel after a hidden stage, per pixel on the logits.
+                (Some(shift), Some(labels)) => {
+                    let shift = shift.forward(labels);
+                    &y + if norm.is_some() { shift.view([-1, shift.size()[1], 1, 1]) } else { shift.view_as(&y) }
+                }
+                _ => y,
+            };
+            if norm.is_some() {
+                y.relu()
+            } else {
+                y
+            }
         })
     }
 

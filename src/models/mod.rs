@@ -142,6 +142,9 @@ pub struct ModelConfig {
     /// carry the class and the clamped label decides it when sampling. Unlabelled examples are
     /// encoded once per label; without a label the encoder reads q(y|x).
     pub label_in_encoder: bool,
+    /// Semi-supervised convolutional only: the label also shifts every stage of the decoder's
+    /// transposed convolutions (per channel; per pixel on the logits), not only its first layer.
+    pub label_in_decoder_stages: bool,
     /// Semi-supervised only: p(z) shared by every label, or p(z|y) learned per label.
     pub prior: Prior,
 }
@@ -165,6 +168,7 @@ impl Default for ModelConfig {
             virtual_adversarial_radius: 2.0,
             virtual_adversarial_images: SmoothedImages::All,
             label_in_encoder: false,
+            label_in_decoder_stages: false,
             prior: Prior::Standard,
         }
     }
@@ -223,6 +227,9 @@ impl ModelConfig {
         }
         if self.label_in_encoder && !self.architecture.is_semi_supervised() {
             return fail("label_in_encoder: only semi-supervised models have labels to encode".into());
+        }
+        if self.label_in_decoder_stages && self.architecture != Architecture::SemiSupervisedConv {
+            return fail("label_in_decoder_stages: only the semi-supervised-conv model has decoder stages that read a label".into());
         }
         if self.prior == Prior::LabelConditional && !self.architecture.is_semi_supervised() {
             return fail("prior label-conditional: only semi-supervised models have labels to condition it on".into());

@@ -614,4 +614,28 @@ mod tests {
         assert_eq!(kl(&two, false), kl(&every, false), "evaluation marginalises over every label");
         assert_ne!(kl(&two, true), kl(&every, true), "training over the two likeliest");
     }
+
+    #[test]
+    fn the_label_in_every_decoder_stage_starts_silent_and_then_shapes_every_stage() {
+        let z = Tensor::randn([6, 4], (Kind::Float, tch::Device::Cpu));
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]).one_hot(10).to_kind(Kind::Float);
+        tch::manual_seed(0);
+        let (_, plain) = small_model(Architecture::SemiSupervisedConv, |_| {});
+        tch::manual_seed(0);
+        let (vars, staged) = small_model(Architecture::SemiSupervisedConv, |c| c.label_in_decoder_stages = true);
+        let decode = |model: &SemiSupervisedVae| tch::no_grad(|| model.decode(&z, Some(&labels), false));
+        assert!(decode(&plain).allclose(&decode(&staged), 1e-6, 1e-6, false), "zero shifts at first: the plain decoder");
+        let stage_weights: Vec<_> = vars.variables().into_iter().filter(|(name, _)| name.contains("tconv_label")).collect();
+        let shapes: Vec<_> = stage_weights.iter().map(|(_, w)| w.size()).collect();
+        assert!(shapes.contains(&vec![4, 10]) && shapes.contains(&vec![784, 10]), "per channel, then per pixel: {shapes:?}");
+        for (name, weight) in &stage_weights {
+            let before = decode(&staged);
+            tch::no_grad(|| weight.shallow_clone().copy_(&Tensor::randn(weight.size(), (Kind::Float, tch::Device::Cpu))));
+            assert!((decode(&staged) - before).abs().max().double_value(&[]) > 1e-3, "{name} moves the output");
+        }
+        for architecture in [Architecture::SemiSupervised, Architecture::Conv] {
+            let config = ModelConfig { architecture, label_in_decoder_stages: true, ..Default::default() };
+            assert!(config.validate().is_err(), "{architecture:?} has no labelled decoder stages");
+        }
+    }
 }

@@ -122,6 +122,9 @@ pub struct TrainArgs {
     /// Semi-supervised: the encoder reads the label too, q(z|x, y) (true or false).
     #[arg(long)]
     pub label_in_encoder: Option<bool>,
+    /// Semi-supervised conv: the label shifts every decoder stage too (true or false).
+    #[arg(long)]
+    pub label_in_decoder_stages: Option<bool>,
     /// Semi-supervised: the prior over codes, N(0, I) for every label or learned per label.
     #[arg(long, value_enum)]
     pub prior: Option<Prior>,
@@ -178,6 +181,7 @@ impl TrainArgs {
         set(&mut model, "virtual_adversarial_radius", self.virtual_adversarial_radius.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_images", self.virtual_adversarial_images.as_ref().map(json_of));
         set(&mut model, "label_in_encoder", self.label_in_encoder.as_ref().map(json_of));
+        set(&mut model, "label_in_decoder_stages", self.label_in_decoder_stages.as_ref().map(json_of));
         set(&mut model, "prior", self.prior.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
