@@ -57,6 +57,38 @@ impl ConvStack {
     }
 }
 
+/// One doubling stage of the decoder: a transposed convolution, then BN and ReLU except on the
+/// last (the logits). With `label_in_decoder_stages`, the label shifts its output before the
+/// ReLU: one shift per channel after a batch-normalised stage, one per pixel (a class template)
+/// on the logits.
+struct UpStage {
+    tconv: layers::DoublingConv,
+    norm: Option<BatchNorm>,
+    label_shift: Option<nn::Linear>,
+}
+
+impl UpStage {
+    fn forward(&self, x: &Tensor, labels: Option<&Tensor>, train: bool) -> Tensor {
+        let y = self.tconv.forward(x);
+        let y = match &self.norm {
+            Some(bn) => bn.forward(&y, train),
+            None => y,
+        };
+        let y = match (&self.label_shift, labels) {
+            (Some(shift), Some(labels)) => {
+                let shift = shift.forward(labels);
+                &y + if self.norm.is_some() { shift.view([-1, shift.size()[1], 1, 1]) } else { shift.view_as(&y) }
+            }
+            _ => y,
+        };
+        if self.norm.is_some() {
+            y.relu()
+        } else {
+            y
+        }
+    }
+}
+
 /// Convolutional encoder q(z|x[, c]) and decoder p(x|z[, c]); as in `MlpVae`, a positive
 /// condition width lets the semi-supervised model concatenate a label after the code layer
 /// (decoder) and, optionally, after the convolutional features (encoder).
@@ -68,10 +100,7 @@ pub struct ConvVae {
     mean: nn::Linear,
     log_var: nn::Linear,
     decoder_fc: BnMlp,
-    up: Vec<(layers::DoublingConv, Option<BatchNorm>)>,
-    /// With `label_in_decoder_stages`: per up stage, the label's shift of its output, one per
-    /// channel after a batch-normalised stage, one per pixel (a class template) on the logits.
-    stage_labels: Vec<nn::Linear>,
+    up: Vec<UpStage>,
     likelihood_log_var: Option<Tensor>,
     /// `[C, H, W]` of the smallest feature map.
     bottleneck: [i64; 3],
@@ -97,23 +126,22 @@ impl ConvVae {
         widths.push(flat);
         let decoder_fc = BnMlp::new(&dec, config.latent_dim + condition_dim, &widths, bn);
         let mut up = Vec::new();
-        let mut stage_labels = Vec::new();
         let reversed: Vec<i64> = config.conv_channels.iter().rev().copied().collect();
         for (i, &input) in reversed.iter().enumerate() {
             let last = i + 1 == reversed.len();
             let out = if last { config.image.channels } else { reversed[i + 1] };
             let tconv = layers::doubling_conv(&dec / format!("tconv{i}"), input, out, sides[reversed.len() - 1 - i]);
             let norm = (!last).then(|| BatchNorm::new(&dec / format!("tconv_bn{i}"), out, bn));
-            up.push((tconv, norm));
-            if condition_dim > 0 && config.label_in_decoder_stages {
+            let label_shift = (condition_dim > 0 && config.label_in_decoder_stages).then(|| {
                 let shifts = if last { config.image.pixels() } else { out };
                 // Zero at first: training starts from the model without them.
                 let zero = nn::LinearConfig { ws_init: nn::Init::Const(0.0), bs_init: None, bias: false };
-                stage_labels.push(nn::linear(&dec / format!("tconv_label{i}"), condition_dim, shifts, zero));
-            }
+                nn::linear(&dec / format!("tconv_label{i}"), condition_dim, shifts, zero)
+            });
+            up.push(UpStage { tconv, norm, label_shift });
         }
         let likelihood_log_var = learned_log_var(path, &config);
-        Self { config, condition_dims, down, encoder_fc, mean, log_var, decoder_fc, up, stage_labels, likelihood_log_var, bottleneck }
+        Self { config, condition_dims, down, encoder_fc, mean, log_var, decoder_fc, up, likelihood_log_var, bottleneck }
     }
 
     /// q(z|x[, c]) from the convolutional features of x.
@@ -146,25 +174,7 @@ impl Vae for ConvVae {
         let [c, h, w] = self.bottleneck;
         let input = layers::conditioned(z.shallow_clone(), labels, self.condition_dims[1]);
         let start = self.decoder_fc.forward(&input, train).view([-1, c, h, w]);
-        self.up.iter().enumerate().fold(start, |x, (i, (tconv, norm))| {
-            let y = match norm {
-                Some(bn) => bn.forward(&tconv.forward(&x), train),
-                None => tconv.forward(&x),
-            };
-            let y = match (self.stage_labels.get(i), labels) {
-                // Per channel after a hidden stage, per pixel on the logits.
-                (Some(shift), Some(labels)) => {
-                    let shift = shift.forward(labels);
-                    &y + if norm.is_some() { shift.view([-1, shift.size()[1], 1, 1]) } else { shift.view_as(&y) }
-                }
-                _ => y,
-            };
-            if norm.is_some() {
-                y.relu()
-            } else {
-                y
-            }
-        })
+        self.up.iter().fold(start, |x, stage| stage.forward(&x, labels, train))
     }
 
     fn likelihood_log_var(&self) -> Option<&Tensor> {
