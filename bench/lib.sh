@@ -28,3 +28,14 @@ wait_answer() { wait_for "$1" "${4:-60}" "${5:-}" curl -fs -H "content-type: $3"
 SERVED_MODEL=mnist-ssvae@1
 # Its folder, from which the peers load it.
 SERVED_MODEL_DIR=models/${SERVED_MODEL%@*}/v${SERVED_MODEL#*@}
+
+# start_vae_serve SERVER: starts SERVER (a binary, optionally after settings:
+# "VAE_INFERENCE_INT8=true target/release/vae-serve") serving $SERVED_MODEL on 127.0.0.1:$PORT with
+# its database and log in $OUT, sets `server` to its pid and waits until it is ready.
+start_vae_serve() {
+  # shellcheck disable=SC2086 # the settings and the binary are words of one argument
+  env RUST_LOG=warn $1 serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
+    --default-model "$SERVED_MODEL" 2>"$OUT/server.log" &
+  server=$!
+  wait_up "http://127.0.0.1:$PORT/readyz" 20 "$OUT/server.log"
+}

@@ -18,11 +18,7 @@ trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$OUT"' EXIT
 command -v perf >/dev/null && command -v wrk >/dev/null || { echo "needs perf and wrk" >&2; exit 1; }
 python3 bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
-# shellcheck disable=SC2086 # the settings and the binary are words of one argument
-env RUST_LOG=warn $SERVER serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
-  --default-model "$SERVED_MODEL" 2>"$OUT/server.log" &
-server=$!
-wait_up "http://127.0.0.1:$PORT/readyz" 20 "$OUT/server.log"
+start_vae_serve "$SERVER"
 
 url="http://127.0.0.1:$PORT/classify"
 BODY=$OUT/digit.png CONTENT_TYPE=image/png wrk -t 2 -c 64 -d 3s -s bench/wrk_request.lua "$url" >/dev/null

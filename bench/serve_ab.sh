@@ -17,18 +17,10 @@ trap '[ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$OUT"' EXIT
 command -v wrk >/dev/null || { echo "needs wrk (apt-get install wrk)" >&2; exit 1; }
 python3 bench/digit_png.py ../shared/data/mnist "$OUT/digit.png"
 
-start() {
-  # shellcheck disable=SC2086 # the settings and the binary are words of one argument
-  env RUST_LOG=warn $1 serve --addr "127.0.0.1:$PORT" --grpc-addr "" --models-dir models --database "$OUT/db.sqlite" \
-    --default-model "$SERVED_MODEL" 2>"$OUT/server.log" &
-  server=$!
-  wait_up "http://127.0.0.1:$PORT/readyz" 20 "$OUT/server.log"
-}
-
 for pass in $(seq "$PASSES"); do
   for side in before after; do
     binary=$BEFORE; [ "$side" = after ] && binary=$AFTER
-    start "$binary"
+    start_vae_serve "$binary"
     for c in 1 64; do
       for endpoint in classify sample; do
         url="http://127.0.0.1:$PORT/classify" body=$OUT/digit.png type=image/png

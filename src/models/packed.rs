@@ -3,7 +3,7 @@
 //! - float32, through libtorch's matrix product (MKL): the batch-norm kernel is gone from every
 //!   block, and the answers are the float model's to rounding. The weights are kept transposed
 //!   (in × out, contiguous): MKL then multiplies without re-copying the weight matrix on every
-//!   call, which for 784→512→256 took 1.17–1.36× less time at 1 to 48 rows on one core;
+//!   call, which for 784→512→256 took 1.2–1.3× less time at 1 to 64 rows on one core;
 //! - int8, libtorch's dynamically quantized linear layer (`quantized::linear_dynamic`: int8
 //!   weights with one scale per output unit, activations quantized per batch as they come;
 //!   fbgemm on x86). tch does not bind it, so `quantized_linear.cpp` beside this file is a small
