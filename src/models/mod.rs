@@ -85,6 +85,19 @@ pub enum SmoothedImages {
     Unlabelled,
 }
 
+/// Semi-supervised: the image that label consistency's classifier reads for a decoded code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConsistencyView {
+    /// The decoder's mean image, as `/sample` serves it.
+    Mean,
+    /// An image drawn from p(x|z, y), relaxed so that gradients pass (`relaxed_draw`): the
+    /// classifier must find the class in what the model generates, the expectation of the
+    /// InfoGAN bound on I(y; x), so a faint, uncertain stroke that reads as the class only on
+    /// average counts against it.
+    Draw,
+}
+
 /// Semi-supervised: the prior over codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -129,6 +142,9 @@ pub struct ModelConfig {
     /// Semi-supervised only: how many prior draws that term decodes per training step (0: one
     /// per image of the batch). Fewer draws cost less and estimate the same expectation.
     pub label_consistency_draws: i64,
+    /// Semi-supervised only: what the classifier reads in that term, the decoder's mean image or
+    /// a draw from its likelihood.
+    pub label_consistency_view: ConsistencyView,
     /// Semi-supervised only: weight of virtual adversarial training (Miyato et al. 2018), the KL
     /// between q(y|x) and q(y|x + r) for the perturbation r that changes q(y|x) most; it smooths
     /// the classifier around every image, labelled or not.
@@ -164,6 +180,7 @@ impl Default for ModelConfig {
             classifier_weight: 1.0,
             label_consistency_weight: 0.0,
             label_consistency_draws: 0,
+            label_consistency_view: ConsistencyView::Mean,
             virtual_adversarial_weight: 0.0,
             virtual_adversarial_radius: 2.0,
             virtual_adversarial_images: SmoothedImages::All,
@@ -353,6 +370,27 @@ pub fn intensities(config: &ModelConfig, params: &Tensor) -> Tensor {
     }
 }
 
+/// Temperature of the binary Concrete relaxation: 2/3, the value Maddison et al. (2017) found to
+/// work for binary variables.
+const RELAXED_BERNOULLI_TEMPERATURE: f64 = 2.0 / 3.0;
+
+/// An image drawn from the likelihood with parameters `params`, relaxed so that gradients reach
+/// them: binary Concrete pixels, σ((ℓ + logistic noise)/τ), above ½ with exactly the Bernoulli
+/// probability σ(ℓ); or the reparameterised Gaussian draw μ + σ·ε, clamped to [0, 1].
+pub fn relaxed_draw(config: &ModelConfig, params: &Tensor, learned_log_var: Option<&Tensor>) -> Tensor {
+    match config.likelihood {
+        Likelihood::Bernoulli => {
+            let uniform = params.rand_like().clamp(1e-6, 1.0 - 1e-6);
+            let logistic = uniform.log() - uniform.neg().log1p();
+            ((params + logistic) / RELAXED_BERNOULLI_TEMPERATURE).sigmoid()
+        }
+        Likelihood::Gaussian { log_var, .. } => {
+            let log_var = objective::pixel_log_var(log_var, params, learned_log_var);
+            (params + (log_var * 0.5).exp() * params.randn_like()).clamp(0.0, 1.0)
+        }
+    }
+}
+
 /// Codes from prior noise `[B, latent]` (standard normal draws times the temperature): the noise
 /// itself under N(0, I); under a label-conditional prior, μ_y + σ_y·noise for each row's labels
 /// `[B, K]`, a uniform blend of the classes where none are given (as the decoder then gets).
@@ -459,6 +497,31 @@ mod tests {
             assert!(why.contains("1..=10"), "{why}");
         }
         assert!(config(Architecture::Mlp, 2).validate().is_err(), "no labels to pair with");
+    }
+
+    #[test]
+    fn a_relaxed_bernoulli_pixel_is_on_with_its_probability_and_passes_gradients() {
+        let config = ModelConfig::default();
+        let logits = Tensor::from_slice(&[-2.0f32, 0.0, 1.5]).repeat([20_000, 1]).set_requires_grad(true);
+        let drawn = relaxed_draw(&config, &logits, None);
+        let on = Vec::<f64>::try_from(drawn.gt(0.5).to_kind(tch::Kind::Double).mean_dim(0, false, tch::Kind::Double)).unwrap();
+        for (on, logit) in on.iter().zip([-2.0f64, 0.0, 1.5]) {
+            let probability = 1.0 / (1.0 + (-logit).exp());
+            assert!((on - probability).abs() < 0.015, "{on} against {probability}");
+        }
+        drawn.sum(tch::Kind::Float).backward();
+        assert!(logits.grad().abs().sum(tch::Kind::Float).double_value(&[]) > 0.0);
+    }
+
+    #[test]
+    fn a_relaxed_gaussian_pixel_spreads_by_its_deviation_within_intensities() {
+        let config =
+            ModelConfig { likelihood: Likelihood::Gaussian { log_var: (0.1f64 * 0.1).ln(), learned: false }, ..Default::default() };
+        let means = Tensor::full([50_000], 0.5, (tch::Kind::Float, tch::Device::Cpu));
+        let drawn = relaxed_draw(&config, &means, None);
+        assert!((drawn.std(true).double_value(&[]) - 0.1).abs() < 0.005);
+        let edge = relaxed_draw(&config, &means.ones_like(), None);
+        assert!(edge.max().double_value(&[]) <= 1.0 && edge.min().double_value(&[]) < 1.0);
     }
 
     #[test]

@@ -32,12 +32,16 @@ pub fn negative_log_likelihood(likelihood: Likelihood, params: &Tensor, images: 
     let per_pixel = match likelihood {
         Likelihood::Bernoulli => params.binary_cross_entropy_with_logits::<Tensor>(images, None, None, Reduction::None),
         Likelihood::Gaussian { log_var, .. } => {
-            let log_var =
-                learned_log_var.map(|v| v.shallow_clone()).unwrap_or_else(|| Tensor::from(log_var as f32).to_device(params.device()));
+            let log_var = pixel_log_var(log_var, params, learned_log_var);
             ((params - images).square() * (-&log_var).exp() + &log_var + LOG_2PI) * 0.5
         }
     };
     per_pixel.flatten(1, -1).sum_dim_intlist(1, false, Kind::Float)
+}
+
+/// A Gaussian likelihood's log-variance: the learned one (per pixel), else the `fixed` constant.
+pub fn pixel_log_var(fixed: f64, params: &Tensor, learned_log_var: Option<&Tensor>) -> Tensor {
+    learned_log_var.map(|v| v.shallow_clone()).unwrap_or_else(|| Tensor::from(fixed as f32).to_device(params.device()))
 }
 
 /// KL(q(z|x) ‖ p(z)) per example, p the row's `prior` or N(0, I).

@@ -32,7 +32,7 @@ use super::layers;
 use super::mlp::{BnMlp, MlpVae};
 use super::objective::{kl_to_prior, negative_log_likelihood, BatchObjective};
 use super::packed::{Dense, Precision};
-use super::{Gaussian, ModelConfig, ModelError, Prior, SmoothedImages, UnlabeledObjective, Vae};
+use super::{ConsistencyView, Gaussian, ModelConfig, ModelError, Prior, SmoothedImages, UnlabeledObjective, Vae};
 
 pub struct SemiSupervisedVae {
     vae: Box<dyn Vae>,
@@ -189,7 +189,11 @@ impl SemiSupervisedVae {
         let onehot = labels.one_hot(config.num_classes()).to_kind(Kind::Float);
         let noise = Tensor::randn([n, config.latent_dim], (Kind::Float, device));
         let z = super::codes_from_noise(self, &noise, Some(&onehot)).detach();
-        let drawn = super::intensities(config, &self.vae.decode(&z, Some(&onehot), false));
+        let params = self.vae.decode(&z, Some(&onehot), false);
+        let drawn = match config.label_consistency_view {
+            ConsistencyView::Mean => super::intensities(config, &params),
+            ConsistencyView::Draw => super::relaxed_draw(config, &params, self.likelihood_log_var()),
+        };
         self.classifier.forward_frozen(&drawn).cross_entropy_for_logits(&labels)
     }
 }
@@ -389,12 +393,16 @@ mod tests {
     #[test]
     fn label_consistency_trains_the_decoder_through_a_fixed_classifier() {
         for architecture in ARCHITECTURES {
-            label_consistency_trains_the_decoder_through_a_fixed_classifier_of(architecture);
+            for view in [ConsistencyView::Mean, ConsistencyView::Draw] {
+                label_consistency_trains_the_decoder_through_a_fixed_classifier_of(architecture, view);
+            }
         }
     }
 
-    fn label_consistency_trains_the_decoder_through_a_fixed_classifier_of(architecture: Architecture) {
-        let (vars, model) = small_model(architecture, |c| (c.label_consistency_weight, c.prior) = (3.0, Prior::LabelConditional));
+    fn label_consistency_trains_the_decoder_through_a_fixed_classifier_of(architecture: Architecture, view: ConsistencyView) {
+        let (vars, model) = small_model(architecture, |c| {
+            (c.label_consistency_weight, c.prior, c.label_consistency_view) = (3.0, Prior::LabelConditional, view)
+        });
         model.label_consistency(16, tch::Device::Cpu).backward();
         let gradient_under = |prefix: &str| -> f64 {
             vars.variables()

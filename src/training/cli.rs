@@ -10,7 +10,7 @@ use super::{
 };
 use crate::config::GlobalArgs;
 use crate::data::{self, DataOptions};
-use crate::models::{self, artifact, Architecture, Likelihood, Prior, SmoothedImages, UnlabeledObjective};
+use crate::models::{self, artifact, Architecture, ConsistencyView, Likelihood, Prior, SmoothedImages, UnlabeledObjective};
 use crate::render;
 use crate::runtime::TorchRuntime;
 
@@ -110,6 +110,10 @@ pub struct TrainArgs {
     /// Semi-supervised: prior draws per step for label consistency (0: one per image of the batch).
     #[arg(long)]
     pub label_consistency_draws: Option<i64>,
+    /// Semi-supervised: what label consistency's classifier reads, the decoder's mean image or a
+    /// relaxed draw from its likelihood.
+    #[arg(long, value_enum)]
+    pub label_consistency_view: Option<ConsistencyView>,
     /// Semi-supervised: weight of virtual adversarial training of the classifier (0: off).
     #[arg(long)]
     pub virtual_adversarial_weight: Option<f64>,
@@ -177,6 +181,7 @@ impl TrainArgs {
         set(&mut model, "classifier_weight", self.classifier_weight.as_ref().map(json_of));
         set(&mut model, "label_consistency_weight", self.label_consistency_weight.as_ref().map(json_of));
         set(&mut model, "label_consistency_draws", self.label_consistency_draws.as_ref().map(json_of));
+        set(&mut model, "label_consistency_view", self.label_consistency_view.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_weight", self.virtual_adversarial_weight.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_radius", self.virtual_adversarial_radius.as_ref().map(json_of));
         set(&mut model, "virtual_adversarial_images", self.virtual_adversarial_images.as_ref().map(json_of));
