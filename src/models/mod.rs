@@ -386,7 +386,7 @@ pub fn relaxed_draw(config: &ModelConfig, params: &Tensor, learned_log_var: Opti
         }
         Likelihood::Gaussian { log_var, .. } => {
             let log_var = objective::pixel_log_var(log_var, params, learned_log_var);
-            (params + (log_var * 0.5).exp() * params.randn_like()).clamp(0.0, 1.0)
+            Gaussian { mean: params.shallow_clone(), log_var }.sample().clamp(0.0, 1.0)
         }
     }
 }
