@@ -318,4 +318,10 @@ fn a_finished_job_is_scored_by_the_datasets_judge_as_eval_scores_it() {
     // Same draws; only thread scheduling may move a borderline sample across the judge's boundary.
     assert!((scored["label_fidelity"]["overall"].as_f64().unwrap() - fidelity).abs() < 0.005, "{scored} against {fidelity}");
     assert!((scored["frechet_distance"].as_f64().unwrap() - metric("frechet_distance")).abs() < 0.01 * metric("frechet_distance"));
+    // Beside them, each label's profile: the samples' and the real test images'.
+    let kept = |profile: &Value| profile["kept"].as_i64().unwrap() as f64 / profile["images"].as_i64().unwrap() as f64;
+    assert_eq!(kept(&scored["label_fidelity"]["profiles"]["3"]), scored["label_fidelity"]["per_label"]["3"].as_f64().unwrap());
+    let test_images = report["test_images"].as_object().unwrap();
+    assert_eq!(test_images.values().map(|p| p["images"].as_i64().unwrap()).sum::<i64>(), 500);
+    assert!(test_images.values().all(|p| kept(p) > 0.8), "the judge keeps real digits: {test_images:?}");
 }

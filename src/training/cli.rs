@@ -335,19 +335,24 @@ pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) ->
     tch::manual_seed(args.seed as i64);
     let evaluation = eval::evaluate(&*loaded.model, &test, 500, args.iwae_samples);
     let key = judge::dataset_key(&source);
-    let samples = match judge::Judge::load(&args.models_dir, &key, runtime.device)? {
-        Some(judge) => Some(judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed)?),
+    // The judge's view of the real test images sits beside its view of the samples, so that a
+    // label's misses can be told apart from what real images of that class look like.
+    let (samples, test_images) = match judge::Judge::load(&args.models_dir, &key, runtime.device)? {
+        Some(judge) => {
+            let scores = judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed)?;
+            (Some(scores), Some(judge::profile_test_images(&judge, &test, &loaded)))
+        }
         None => {
             let (weights, _) = judge::paths(&args.models_dir, &key);
             eprintln!("no judge at {}: samples not scored (make one with `vae-serve judge --dataset {dataset}`)", weights.display());
-            None
+            (None, None)
         }
     };
     println!(
         "{}",
-        serde_json::to_string_pretty(
-            &serde_json::json!({ "model": manifest.name, "dataset": dataset, "evaluation": evaluation, "samples": samples })
-        )?
+        serde_json::to_string_pretty(&serde_json::json!({
+            "model": manifest.name, "dataset": dataset, "evaluation": evaluation, "samples": samples, "test_images": test_images
+        }))?
     );
     Ok(())
 }

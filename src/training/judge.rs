@@ -288,10 +288,27 @@ pub struct LabelFidelity {
     pub overall: f64,
     /// Per label name.
     pub per_label: BTreeMap<String, f64>,
-    /// Per label name, what the judge called the samples it did not keep, and how many: whether
-    /// a label's misses are another class or one sink for doubtful drawings (`vae-serve eval`).
+    /// Per label name, where its misses went and what they look like (`vae-serve eval`).
     #[serde(default)]
-    pub misjudged_as: BTreeMap<String, BTreeMap<String, i64>>,
+    pub profiles: BTreeMap<String, LabelProfile>,
+}
+
+/// One label's images (samples drawn with it clamped, or the test images of that class) as the
+/// judge and the model's own classifier see them: whether the judge's misses are another class, or
+/// drawings of the right one that the judge reads differently (thin, faint), which the ink tells.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LabelProfile {
+    pub images: i64,
+    /// How many the judge calls the label.
+    pub kept: i64,
+    /// What the judge called the others, and how many.
+    pub misjudged_as: BTreeMap<String, i64>,
+    /// Of the judge's misses, how many the model's own classifier q(y|x) calls the label (for a
+    /// model with a classifier): misses that a term scored by that classifier cannot see.
+    pub misses_the_model_keeps: Option<i64>,
+    /// Mean ink (intensities summed over an image) of the kept images and of the misses.
+    pub ink_kept: Option<f64>,
+    pub ink_missed: Option<f64>,
 }
 
 impl LabelFidelity {
@@ -364,20 +381,18 @@ pub fn score_samples(judge: &Judge, loaded: &LoadedModel, samples: i64, temperat
     let (features, label_fidelity) = if labelled {
         let k = config.num_classes();
         let per_label = (samples / k).max(1);
-        let mut drawn = Vec::new();
-        let (mut kept, mut misjudged_as) = (BTreeMap::new(), BTreeMap::new());
+        let (mut drawn, mut features) = (Vec::new(), Vec::new());
         for label in 0..k {
-            let features = judge.features(&draw(per_label, Some(label))?);
-            let judged =
-                Vec::<i64>::try_from(judge.predict(&features).bincount::<Tensor>(None, k).to_device(Device::Cpu)).expect("integer counts");
-            let name = |i: usize| config.label_names[i].clone();
-            kept.insert(name(label as usize), judged[label as usize] as f64 / per_label as f64);
-            let misses = judged.iter().enumerate().filter(|&(other, &n)| other != label as usize && n > 0);
-            misjudged_as.insert(name(label as usize), misses.map(|(other, &n)| (name(other), n)).collect());
-            drawn.push(features);
+            let images = draw(per_label, Some(label))?;
+            features.push(judge.features(&images));
+            drawn.push(images);
         }
-        let overall = kept.values().sum::<f64>() / k as f64;
-        (Tensor::cat(&drawn, 0), Some(LabelFidelity { overall, per_label: kept, misjudged_as }))
+        let (images, features) = (Tensor::cat(&drawn, 0), Tensor::cat(&features, 0));
+        let clamped = Tensor::arange(k, (Kind::Int64, images.device())).repeat_interleave_self_int(per_label, 0, None);
+        let profiles = profile(judge, &config.label_names, &features, &images, &clamped, loaded);
+        let per_label: BTreeMap<String, f64> = profiles.iter().map(|(name, p)| (name.clone(), p.kept as f64 / p.images as f64)).collect();
+        let overall = per_label.values().sum::<f64>() / k as f64;
+        (features, Some(LabelFidelity { overall, per_label, profiles }))
     } else {
         (judge.features(&draw(samples, None)?), None)
     };
@@ -390,6 +405,61 @@ pub fn score_samples(judge: &Judge, loaded: &LoadedModel, samples: i64, temperat
         frechet_floor: judge.card.frechet_floor,
         judge_test_accuracy: judge.card.test_accuracy,
     })
+}
+
+/// The judge's profile of the test images, class by class (with the model's own classifier's
+/// verdict on the judge's misses when the model has one): what a real image of each class looks
+/// like to both, beside the profiles of the model's samples.
+pub fn profile_test_images(judge: &Judge, test: &Dataset, model: &LoadedModel) -> BTreeMap<String, LabelProfile> {
+    profile(judge, &judge.card.label_names, &judge.features(&test.images), &test.images, &test.labels, model)
+}
+
+/// Profiles per label (named `names`) of `images` `[N, C, H, W]` labelled `labels` `[N]`, from
+/// their judge features `[N, F]`.
+fn profile(
+    judge: &Judge,
+    names: &[String],
+    features: &Tensor,
+    images: &Tensor,
+    labels: &Tensor,
+    model: &LoadedModel,
+) -> BTreeMap<String, LabelProfile> {
+    let as_vec = |t: Tensor| Vec::<i64>::try_from(t.to_device(Device::Cpu)).expect("integer labels");
+    let n = images.size()[0];
+    let chunks: Option<Vec<Tensor>> = (0..n)
+        .step_by(500)
+        .map(|start| tch::no_grad(|| model.model.classify(&images.narrow(0, start, 500.min(n - start)), false)).map(|l| l.argmax(1, false)))
+        .collect();
+    let model_says = chunks.map(|chunks| as_vec(Tensor::cat(&chunks, 0)));
+    let ink =
+        Vec::<f64>::try_from(images.sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double).to_device(Device::Cpu)).expect("float ink");
+    tally(names, &as_vec(labels.shallow_clone()), &as_vec(judge.predict(features)), model_says.as_deref(), &ink)
+}
+
+/// Counts behind `profile`, per label, over parallel columns: the label, the judge's verdict, the
+/// model's verdict (if any) and the ink of each image.
+fn tally(names: &[String], labels: &[i64], judged: &[i64], model_says: Option<&[i64]>, ink: &[f64]) -> BTreeMap<String, LabelProfile> {
+    let mean = |sum: f64, n: i64| (n > 0).then(|| sum / n as f64);
+    (0..names.len() as i64)
+        .map(|label| {
+            let rows: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == label).collect();
+            let (kept, missed): (Vec<usize>, Vec<usize>) = rows.iter().partition(|&&i| judged[i] == label);
+            let mut misjudged_as = BTreeMap::new();
+            for &i in &missed {
+                *misjudged_as.entry(names[judged[i] as usize].clone()).or_insert(0) += 1;
+            }
+            let ink_of = |rows: &[usize]| mean(rows.iter().map(|&i| ink[i]).sum(), rows.len() as i64);
+            let profile = LabelProfile {
+                images: rows.len() as i64,
+                kept: kept.len() as i64,
+                misjudged_as,
+                misses_the_model_keeps: model_says.map(|says| missed.iter().filter(|&&i| says[i] == label).count() as i64),
+                ink_kept: ink_of(&kept),
+                ink_missed: ink_of(&missed),
+            };
+            (names[label as usize].clone(), profile)
+        })
+        .collect()
 }
 
 /// Mean `[F]` and covariance `[F, F]` (unbiased) of rows `[N, F]`, float64.
@@ -488,9 +558,13 @@ mod tests {
         let (kept, chance) = (trained.label_fidelity.clone().unwrap(), untrained.label_fidelity.clone().unwrap());
         assert_eq!(kept.per_label.len(), 10);
         for (label, fidelity) in &kept.per_label {
-            let misses: i64 = kept.misjudged_as[label].values().sum();
-            assert_eq!(misses, ((1.0 - fidelity) * 200.0).round() as i64, "label {label}: {kept:?}");
-            assert!(!kept.misjudged_as[label].contains_key(label));
+            let profile = &kept.profiles[label];
+            let misses: i64 = profile.misjudged_as.values().sum();
+            assert_eq!((profile.images, profile.kept + misses), (200, 200), "label {label}: {profile:?}");
+            assert_eq!(profile.kept as f64 / 200.0, *fidelity);
+            assert!(!profile.misjudged_as.contains_key(label));
+            assert!(profile.misses_the_model_keeps.unwrap() <= misses);
+            assert!(profile.ink_kept.unwrap() > 20.0, "a kept digit has ink: {profile:?}");
         }
         assert!(kept.overall > 0.5 && chance.overall < 0.2, "shipped {kept:?}, untrained {chance:?}");
         assert!(trained.frechet_distance < untrained.frechet_distance / 10.0, "{trained:?} {untrained:?}");
@@ -502,6 +576,39 @@ mod tests {
         let rgb = models::ModelConfig { image: ImageShape { channels: 3, height: 32, width: 32 }, ..Default::default() };
         let mismatch = score_samples(&judge, &models::build(&rgb, Device::Cpu).unwrap(), 100, 1.0, 0).err().unwrap().to_string();
         assert!(mismatch.contains("1x28x28") && mismatch.contains("3x32x32"), "{mismatch}");
+    }
+
+    #[test]
+    fn a_profile_counts_kept_images_misses_by_verdict_and_ink_per_label() {
+        let names: Vec<String> = ["zero", "one", "two"].map(String::from).into();
+        let labels = [0, 0, 0, 1, 1, 2];
+        let judged = [0, 1, 1, 1, 0, 2];
+        let ink = [10.0, 4.0, 6.0, 3.0, 9.0, 7.0];
+        let profiles = tally(&names, &labels, &judged, Some(&[0, 0, 2, 1, 0, 2]), &ink);
+        let zero = &profiles["zero"];
+        assert_eq!((zero.images, zero.kept, zero.misses_the_model_keeps), (3, 1, Some(1)));
+        assert_eq!(zero.misjudged_as, BTreeMap::from([("one".to_string(), 2)]));
+        assert_eq!((zero.ink_kept, zero.ink_missed), (Some(10.0), Some(5.0)));
+        assert_eq!(profiles["one"].misjudged_as, BTreeMap::from([("zero".to_string(), 1)]));
+        assert_eq!((profiles["two"].kept, profiles["two"].ink_missed), (1, None));
+        let unclassified = tally(&names, &labels, &judged, None, &ink);
+        assert_eq!(unclassified["zero"].misses_the_model_keeps, None);
+    }
+
+    #[test]
+    fn the_judge_keeps_real_test_digits_of_every_class() {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let judge = Judge::load(&models, "mnist", Device::Cpu).unwrap().expect("the shipped MNIST judge");
+        let (_, shipped) = models::artifact::load(&models.join("mnist-ssvae/v1"), Device::Cpu).unwrap();
+        let test = mnist_slice(10, 1000).test;
+        let profiles = profile_test_images(&judge, &test, &shipped);
+        assert_eq!(profiles.values().map(|p| p.images).sum::<i64>(), 1000);
+        for (label, profile) in &profiles {
+            assert!(profile.kept as f64 >= 0.9 * profile.images as f64, "label {label}: {profile:?}");
+            assert!(profile.misses_the_model_keeps.unwrap() <= profile.images - profile.kept);
+        }
+        // A 1 has less ink than an 8.
+        assert!(profiles["1"].ink_kept.unwrap() < profiles["8"].ink_kept.unwrap(), "{profiles:?}");
     }
 
     #[test]
