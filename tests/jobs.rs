@@ -324,4 +324,12 @@ fn a_finished_job_is_scored_by_the_datasets_judge_as_eval_scores_it() {
     let test_images = report["test_images"].as_object().unwrap();
     assert_eq!(test_images.values().map(|p| p["images"].as_i64().unwrap()).sum::<i64>(), 500);
     assert!(test_images.values().all(|p| kept(p) > 0.8), "the judge keeps real digits: {test_images:?}");
+
+    // The decoder's ceiling: the same score with the codes drawn from the training images' posteriors.
+    let args = ["eval", "--iwae-samples", "0", "--limit", "500", "--samples", "1000", "--codes", "training-posteriors"];
+    let output = common::run_cli(&[&args[..], &["--model", model.to_str().unwrap()]].concat(), &models);
+    let ceiling: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(ceiling["samples"]["codes"], "training-posteriors");
+    assert_eq!(ceiling["samples"]["samples"], 1000);
+    assert!((0.0..=1.0).contains(&ceiling["samples"]["label_fidelity"]["overall"].as_f64().unwrap()), "{ceiling}");
 }

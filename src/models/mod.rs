@@ -425,8 +425,15 @@ pub fn sample(loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64
     let noise = Tensor::randn([n, config.latent_dim], (tch::Kind::Float, device)) * temperature;
     let onehot = label.map(|l| label_rows(config, n, Some(l), device));
     let z = codes_from_noise(model, &noise, onehot.as_ref());
-    let images = intensities(config, &model.decode(&z, onehot.as_ref(), false));
+    let images = decode_images(model, &z, label);
     Ok((z, images))
+}
+
+/// Decodes codes `[n, latent]` (with `label` clamped for models that take labels) to images as
+/// intensities `[n, C, H, W]`, in inference mode.
+pub fn decode_images(model: &dyn Vae, z: &Tensor, label: Option<i64>) -> Tensor {
+    let onehot = label.map(|l| label_rows(model.config(), z.size()[0], Some(l), z.device()));
+    intensities(model.config(), &model.decode(z, onehot.as_ref(), false))
 }
 
 /// Refuses labels for a model that has none.

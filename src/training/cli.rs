@@ -321,6 +321,10 @@ pub struct EvalArgs {
     /// Temperature of those samples: the prior's standard deviation times T (z ~ N(0, T²·I) under N(0, I)).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
+    /// Where those samples' codes come from: the prior (what `GET /sample` draws), or the
+    /// posteriors of the training images (the decoder's ceiling, see `TrainingPosteriors`).
+    #[arg(long, value_enum, default_value_t = judge::CodeSource::Prior)]
+    pub codes: judge::CodeSource,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -339,7 +343,11 @@ pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) ->
     // label's misses can be told apart from what real images of that class look like.
     let (samples, test_images) = match judge::Judge::load(&args.models_dir, &key, runtime.device)? {
         Some(judge) => {
-            let scores = judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed)?;
+            let posteriors = (args.codes == judge::CodeSource::TrainingPosteriors).then(|| {
+                let train = splits.train.to_device(runtime.device);
+                judge::TrainingPosteriors::of(&loaded, &train)
+            });
+            let scores = judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed, posteriors.as_ref())?;
             (Some(scores), Some(judge::profile_test_images(&judge, &test, &loaded)))
         }
         None => {
