@@ -601,6 +601,14 @@ mod tests {
         Splits { test: splits.test.first(test), ..splits }
     }
 
+    /// The shipped MNIST judge and the first shipped semi-supervised model (an MLP, quick to run).
+    fn shipped_judge_and_model() -> (Judge, LoadedModel) {
+        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let judge = Judge::load(&models, "mnist", Device::Cpu).unwrap().expect("the shipped MNIST judge");
+        let (_, shipped) = models::artifact::load(&models.join("mnist-ssvae/v1"), Device::Cpu).unwrap();
+        (judge, shipped)
+    }
+
     #[test]
     fn a_judge_is_retrained_bit_for_bit_and_reloads_as_it_was_saved() {
         let splits = mnist_slice(2000, 500);
@@ -630,10 +638,8 @@ mod tests {
 
     #[test]
     fn the_shipped_model_keeps_its_labels_far_more_often_than_an_untrained_one() {
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-        let judge = Judge::load(&models, "mnist", Device::Cpu).unwrap().expect("the shipped MNIST judge");
+        let (judge, shipped) = shipped_judge_and_model();
         assert!(judge.card.test_accuracy > 0.985, "{:?}", judge.card);
-        let (_, shipped) = models::artifact::load(&models.join("mnist-ssvae/v1"), Device::Cpu).unwrap();
         let trained = score_samples(&judge, &shipped, 2000, 1.0, 0, None).unwrap();
         let untrained = score_samples(&judge, &models::build(shipped.model.config(), Device::Cpu).unwrap(), 2000, 1.0, 0, None).unwrap();
         let (kept, chance) = (trained.label_fidelity.clone().unwrap(), untrained.label_fidelity.clone().unwrap());
@@ -678,9 +684,7 @@ mod tests {
 
     #[test]
     fn the_judge_keeps_real_test_digits_of_every_class() {
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-        let judge = Judge::load(&models, "mnist", Device::Cpu).unwrap().expect("the shipped MNIST judge");
-        let (_, shipped) = models::artifact::load(&models.join("mnist-ssvae/v1"), Device::Cpu).unwrap();
+        let (judge, shipped) = shipped_judge_and_model();
         let test = mnist_slice(10, 1000).test;
         let profiles = profile_test_images(&judge, &test, &shipped);
         assert_eq!(profiles.values().map(|p| p.images).sum::<i64>(), 1000);
@@ -694,9 +698,7 @@ mod tests {
 
     #[test]
     fn codes_from_training_posteriors_decode_to_images_of_their_label_and_show_the_priors_share_of_misses() {
-        let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
-        let judge = Judge::load(&models, "mnist", Device::Cpu).unwrap().expect("the shipped MNIST judge");
-        let (_, shipped) = models::artifact::load(&models.join("mnist-ssvae/v1"), Device::Cpu).unwrap();
+        let (judge, shipped) = shipped_judge_and_model();
         let images = mnist_slice(10, 1000).test;
         let posteriors = TrainingPosteriors::of(&shipped, &images);
         let labels = posteriors.labels.as_ref().expect("a model with labels");
