@@ -6,7 +6,10 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{
-    eval, judge, optim::OptimizerKind, train_and_publish, CancelToken, DataRequest, Places, Progress, Schedule, TrainOptions, TrainRequest,
+    codes::{CodeSource, Codes},
+    eval, judge,
+    optim::OptimizerKind,
+    train_and_publish, CancelToken, DataRequest, Places, Progress, Schedule, TrainOptions, TrainRequest,
 };
 use crate::config::GlobalArgs;
 use crate::data::{self, DataOptions};
@@ -321,10 +324,14 @@ pub struct EvalArgs {
     /// Temperature of those samples: the prior's standard deviation times T (z ~ N(0, T²·I) under N(0, I)).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
-    /// Where those samples' codes come from: the prior (what `GET /sample` draws), or the
-    /// posteriors of the training images (the decoder's ceiling, see `TrainingPosteriors`).
-    #[arg(long, value_enum, default_value_t = judge::CodeSource::Prior)]
-    pub codes: judge::CodeSource,
+    /// Where those samples' codes come from: the prior (what `GET /sample` draws), the posteriors
+    /// of the training images (the decoder's ceiling), or a mixture of Gaussians per label fitted
+    /// to them (a smooth prior of their shape).
+    #[arg(long, value_enum, default_value_t = CodeSource::Prior)]
+    pub codes: CodeSource,
+    /// Components per label of `--codes fitted-mixture`.
+    #[arg(long, default_value_t = 10)]
+    pub mixture_components: i64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -343,11 +350,8 @@ pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) ->
     // label's misses can be told apart from what real images of that class look like.
     let (samples, test_images) = match judge::Judge::load(&args.models_dir, &key, runtime.device)? {
         Some(judge) => {
-            let posteriors = (args.codes == judge::CodeSource::TrainingPosteriors).then(|| {
-                let train = splits.train.to_device(runtime.device);
-                judge::TrainingPosteriors::of(&loaded, &train)
-            });
-            let scores = judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed, posteriors.as_ref())?;
+            let codes = Codes::of(args.codes, &loaded, &splits.train.to_device(runtime.device), args.mixture_components)?;
+            let scores = judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed, &codes)?;
             (Some(scores), Some(judge::profile_test_images(&judge, &test, &loaded)))
         }
         None => {

@@ -20,8 +20,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::augment::shift;
+use super::codes::{CodeSource, Codes};
 use crate::data::{shuffled_indices, Dataset, Splits};
-use crate::models::{self, Gaussian, ImageShape, LoadedModel, ModelError};
+use crate::models::{ImageShape, LoadedModel, ModelError};
 
 /// Channels of the judge's two conv stages (each followed by 2×2 max pooling), the grid the
 /// second's output is pooled to, and the width of the fully connected feature layer.
@@ -318,70 +319,6 @@ impl LabelFidelity {
     }
 }
 
-/// Where the codes of the scored samples come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum CodeSource {
-    /// The model's prior: what `GET /sample` draws.
-    #[default]
-    Prior,
-    /// The training images' posteriors (see `TrainingPosteriors`).
-    TrainingPosteriors,
-}
-
-/// The posteriors q(z|x, y) of a model's training images, y the label its own classifier gives
-/// x: the codes its decoder was trained on. Samples drawn from them (an image of the label picked
-/// at random, its code drawn at the temperature) measure the decoder's ceiling: how often the
-/// samples would keep their label if the prior matched where the encoder puts real images. The
-/// gap between that and the prior's score is the prior's share of the misses, the rest the
-/// decoder's.
-pub struct TrainingPosteriors {
-    posteriors: Gaussian,
-    /// `[N]`; None for a model without labels.
-    labels: Option<Tensor>,
-}
-
-impl TrainingPosteriors {
-    pub fn of(loaded: &LoadedModel, data: &Dataset) -> Self {
-        tch::no_grad(|| {
-            let model = &*loaded.model;
-            let k = model.config().num_classes();
-            let n = data.images.size()[0];
-            let (mut means, mut log_vars, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-            for start in (0..n).step_by(500) {
-                let images = data.images.narrow(0, start, 500.min(n - start));
-                let label = model.classify(&images, false).map(|logits| logits.argmax(1, false));
-                let posterior = model.encode_given(&images, label.as_ref().map(|l| l.one_hot(k).to_kind(Kind::Float)).as_ref(), false);
-                means.push(posterior.mean);
-                log_vars.push(posterior.log_var);
-                labels.extend(label);
-            }
-            Self {
-                posteriors: Gaussian { mean: Tensor::cat(&means, 0), log_var: Tensor::cat(&log_vars, 0) },
-                labels: (!labels.is_empty()).then(|| Tensor::cat(&labels, 0)),
-            }
-        })
-    }
-
-    /// `n` images decoded from codes drawn at `temperature` from the posteriors of training images
-    /// with `label` (any, for a model without labels).
-    fn draw(&self, loaded: &LoadedModel, n: i64, label: Option<i64>, temperature: f64) -> Result<Tensor, ModelError> {
-        let device = self.posteriors.mean.device();
-        let pool = match (&self.labels, label) {
-            (Some(labels), Some(label)) => labels.eq(label).nonzero().squeeze_dim(1),
-            _ => Tensor::arange(self.posteriors.mean.size()[0], (Kind::Int64, device)),
-        };
-        let available = pool.size()[0];
-        if available == 0 {
-            return Err(ModelError::Config(format!("no training image is classified as label {}", label.unwrap_or_default())));
-        }
-        let picked = pool.index_select(0, &Tensor::randint(available, [n], (Kind::Int64, device)));
-        let posteriors = self.posteriors.rows(&picked);
-        let z = posteriors.at(&(posteriors.mean.randn_like() * temperature));
-        Ok(models::decode_images(&*loaded.model, &z, label))
-    }
-}
-
 /// What the judge says about a model's samples.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampleScores {
@@ -422,14 +359,14 @@ impl SampleScores {
 
 /// Scores `samples` draws from `loaded` at `temperature` (spread evenly over the labels for a
 /// model with labels, which the judge must share), seeded so a model's scores are reproducible;
-/// their codes come from the prior, or from `posteriors` when given.
+/// their codes come from `codes`.
 pub fn score_samples(
     judge: &Judge,
     loaded: &LoadedModel,
     samples: i64,
     temperature: f64,
     seed: u64,
-    posteriors: Option<&TrainingPosteriors>,
+    codes: &Codes,
 ) -> Result<SampleScores, JudgeError> {
     let config = loaded.model.config();
     let labelled = config.architecture.is_semi_supervised();
@@ -449,10 +386,7 @@ pub fn score_samples(
             .step_by(500)
             .map(|start| {
                 let rows = 500.min(n - start);
-                tch::no_grad(|| match posteriors {
-                    Some(posteriors) => posteriors.draw(loaded, rows, label, temperature),
-                    None => models::sample(loaded, rows, label, temperature).map(|(_, images)| images),
-                })
+                tch::no_grad(|| codes.draw(loaded, rows, label, temperature))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::cat(&chunks, 0))
@@ -480,7 +414,7 @@ pub fn score_samples(
     Ok(SampleScores {
         samples: features.size()[0],
         temperature,
-        codes: if posteriors.is_some() { CodeSource::TrainingPosteriors } else { CodeSource::Prior },
+        codes: codes.source(),
         label_fidelity,
         frechet_distance: frechet_distance(&moments(&features), &reference),
         frechet_floor: judge.card.frechet_floor,
@@ -572,6 +506,7 @@ pub fn frechet_distance((mean1, cov1): &(Tensor, Tensor), (mean2, cov2): &(Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models;
 
     #[test]
     fn frechet_distance_of_diagonal_gaussians_has_its_closed_form() {
@@ -640,8 +575,9 @@ mod tests {
     fn the_shipped_model_keeps_its_labels_far_more_often_than_an_untrained_one() {
         let (judge, shipped) = shipped_judge_and_model();
         assert!(judge.card.test_accuracy > 0.985, "{:?}", judge.card);
-        let trained = score_samples(&judge, &shipped, 2000, 1.0, 0, None).unwrap();
-        let untrained = score_samples(&judge, &models::build(shipped.model.config(), Device::Cpu).unwrap(), 2000, 1.0, 0, None).unwrap();
+        let trained = score_samples(&judge, &shipped, 2000, 1.0, 0, &Codes::Prior).unwrap();
+        let untrained =
+            score_samples(&judge, &models::build(shipped.model.config(), Device::Cpu).unwrap(), 2000, 1.0, 0, &Codes::Prior).unwrap();
         let (kept, chance) = (trained.label_fidelity.clone().unwrap(), untrained.label_fidelity.clone().unwrap());
         assert_eq!(kept.per_label.len(), 10);
         for (label, fidelity) in &kept.per_label {
@@ -658,10 +594,11 @@ mod tests {
         assert!(trained.frechet_distance > judge.card.frechet_floor);
 
         let mlp = models::build(&models::ModelConfig::default(), Device::Cpu).unwrap();
-        let unlabelled = score_samples(&judge, &mlp, 600, 1.0, 0, None).unwrap();
+        let unlabelled = score_samples(&judge, &mlp, 600, 1.0, 0, &Codes::Prior).unwrap();
         assert!(unlabelled.label_fidelity.is_none() && unlabelled.samples == 600);
         let rgb = models::ModelConfig { image: ImageShape { channels: 3, height: 32, width: 32 }, ..Default::default() };
-        let mismatch = score_samples(&judge, &models::build(&rgb, Device::Cpu).unwrap(), 100, 1.0, 0, None).err().unwrap().to_string();
+        let mismatch =
+            score_samples(&judge, &models::build(&rgb, Device::Cpu).unwrap(), 100, 1.0, 0, &Codes::Prior).err().unwrap().to_string();
         assert!(mismatch.contains("1x28x28") && mismatch.contains("3x32x32"), "{mismatch}");
     }
 
@@ -697,31 +634,19 @@ mod tests {
     }
 
     #[test]
-    fn codes_from_training_posteriors_decode_to_images_of_their_label_and_show_the_priors_share_of_misses() {
+    fn the_shipped_mlps_misses_are_its_priors_drawn_where_its_encoder_puts_real_images_it_keeps_its_labels() {
         let (judge, shipped) = shipped_judge_and_model();
         let images = mnist_slice(10, 1000).test;
-        let posteriors = TrainingPosteriors::of(&shipped, &images);
-        let labels = posteriors.labels.as_ref().expect("a model with labels");
-        let believed = tch::no_grad(|| shipped.model.classify(&images.images, false).unwrap().argmax(1, false));
-        assert!(labels.equal(&believed), "each image's code is drawn under the label the model's classifier gives it");
-
-        // At temperature 0 a draw is the decoded posterior mean of an image the classifier calls the label.
-        tch::manual_seed(0);
-        let drawn = tch::no_grad(|| posteriors.draw(&shipped, 20, Some(3), 0.0)).unwrap().flatten(1, -1);
-        let threes = labels.eq(3).nonzero().squeeze_dim(1);
-        let means = posteriors.posteriors.rows(&threes).mean;
-        let candidates = tch::no_grad(|| models::decode_images(&*shipped.model, &means, Some(3))).flatten(1, -1);
-        let distances = (drawn.unsqueeze(1) - candidates.unsqueeze(0)).square().sum_dim_intlist([-1].as_slice(), false, Kind::Float);
-        let (nearest, _) = distances.min_dim(1, false);
-        assert!(nearest.max().double_value(&[]) < 1e-4, "{nearest}");
-
-        // The shipped MLP's misses are its prior's: drawn where the encoder puts real images, its
-        // samples keep their label far more often.
-        let prior = score_samples(&judge, &shipped, 1000, 1.0, 0, None).unwrap();
-        let ceiling = score_samples(&judge, &shipped, 1000, 1.0, 0, Some(&posteriors)).unwrap();
-        assert_eq!((prior.codes, ceiling.codes), (CodeSource::Prior, CodeSource::TrainingPosteriors));
-        let overall = |scores: &SampleScores| scores.label_fidelity.as_ref().unwrap().overall;
-        assert!(overall(&ceiling) > overall(&prior) + 0.1, "{} against {}", overall(&ceiling), overall(&prior));
+        let score = |source| {
+            let codes = Codes::of(source, &shipped, &images, 4).unwrap();
+            let scores = score_samples(&judge, &shipped, 1000, 1.0, 0, &codes).unwrap();
+            assert_eq!(scores.codes, source);
+            scores.label_fidelity.unwrap().overall
+        };
+        let (prior, ceiling) = (score(CodeSource::Prior), score(CodeSource::TrainingPosteriors));
+        assert!(ceiling > prior + 0.1, "{ceiling} against {prior}");
+        let mixture = score(CodeSource::FittedMixture);
+        assert!((0.0..=1.0).contains(&mixture));
     }
 
     #[test]

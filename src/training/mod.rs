@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod cli;
+pub mod codes;
 pub mod eval;
 pub mod judge;
 pub mod optim;
@@ -474,8 +475,9 @@ pub const SCORED_SAMPLES: i64 = 10_000;
 /// The judge's metrics for a freshly trained model (label fidelity and Fréchet distance at
 /// temperature 1), when the dataset has a judge; none, logged, when it has not or cannot judge it.
 fn judge_samples(models_dir: &Path, dataset: &str, model: &LoadedModel, seed: u64, device: Device) -> BTreeMap<String, f64> {
-    let scored = judge::Judge::load(models_dir, dataset, device)
-        .and_then(|found| found.map(|judge| judge::score_samples(&judge, model, SCORED_SAMPLES, 1.0, seed, None)).transpose());
+    let scored = judge::Judge::load(models_dir, dataset, device).and_then(|found| {
+        found.map(|judge| judge::score_samples(&judge, model, SCORED_SAMPLES, 1.0, seed, &codes::Codes::Prior)).transpose()
+    });
     match scored {
         Ok(Some(scores)) => scores.metrics(),
         Ok(None) => {
