@@ -350,7 +350,7 @@ pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) ->
     // label's misses can be told apart from what real images of that class look like.
     let (samples, test_images) = match judge::Judge::load(&args.models_dir, &key, runtime.device)? {
         Some(judge) => {
-            let codes = Codes::of(args.codes, &loaded, &splits.train.to_device(runtime.device), args.mixture_components)?;
+            let codes = Codes::of(args.codes, &loaded, &splits.train, args.mixture_components)?;
             let scores = judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed, &codes)?;
             (Some(scores), Some(judge::profile_test_images(&judge, &test, &loaded)))
         }

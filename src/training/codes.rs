@@ -78,6 +78,7 @@ pub struct TrainingPosteriors {
 }
 
 impl TrainingPosteriors {
+    /// Encodes `data`'s images (on any device) on the model's device, 500 at a time.
     pub fn of(loaded: &LoadedModel, data: &Dataset) -> Self {
         tch::no_grad(|| {
             let model = &*loaded.model;
@@ -85,7 +86,7 @@ impl TrainingPosteriors {
             let n = data.images.size()[0];
             let (mut means, mut log_vars, mut labels) = (Vec::new(), Vec::new(), Vec::new());
             for start in (0..n).step_by(500) {
-                let images = data.images.narrow(0, start, 500.min(n - start));
+                let images = data.images.narrow(0, start, 500.min(n - start)).to_device(loaded.vars.device());
                 let label = model.classify(&images, false).map(|logits| logits.argmax(1, false));
                 let posterior = model.encode_given(&images, label.as_ref().map(|l| l.one_hot(k).to_kind(Kind::Float)).as_ref(), false);
                 means.push(posterior.mean);
