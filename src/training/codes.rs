@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
+use super::by_rows;
 use crate::data::Dataset;
 use crate::models::{self, Gaussian, LoadedModel, ModelError};
 
@@ -78,21 +79,20 @@ pub struct TrainingPosteriors {
 }
 
 impl TrainingPosteriors {
-    /// Encodes `data`'s images (on any device) on the model's device, 500 at a time.
+    /// Encodes `data`'s images (on any device) on the model's device, a pass of rows at a time.
     pub fn of(loaded: &LoadedModel, data: &Dataset) -> Self {
         tch::no_grad(|| {
             let model = &*loaded.model;
             let k = model.config().num_classes();
-            let n = data.images.size()[0];
             let (mut means, mut log_vars, mut labels) = (Vec::new(), Vec::new(), Vec::new());
-            for start in (0..n).step_by(500) {
-                let images = data.images.narrow(0, start, 500.min(n - start)).to_device(loaded.vars.device());
+            by_rows(&data.images, |rows| {
+                let images = rows.to_device(loaded.vars.device());
                 let label = model.classify(&images, false).map(|logits| logits.argmax(1, false));
                 let posterior = model.encode_given(&images, label.as_ref().map(|l| l.one_hot(k).to_kind(Kind::Float)).as_ref(), false);
                 means.push(posterior.mean);
                 log_vars.push(posterior.log_var);
                 labels.extend(label);
-            }
+            });
             Self {
                 posteriors: Gaussian { mean: Tensor::cat(&means, 0), log_var: Tensor::cat(&log_vars, 0) },
                 labels: (!labels.is_empty()).then(|| Tensor::cat(&labels, 0)),

@@ -21,6 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::augment::shift;
 use super::codes::{CodeSource, Codes};
+use super::{by_rows, PASS_ROWS};
 use crate::data::{shuffled_indices, Dataset, Splits};
 use crate::models::{ImageShape, LoadedModel, ModelError};
 
@@ -224,14 +225,7 @@ impl Judge {
 
     /// Features `[N, F]` (float64) of images `[N, C, H, W]`, in inference mode.
     fn features(&self, images: &Tensor) -> Tensor {
-        tch::no_grad(|| {
-            let n = images.size()[0];
-            let chunks: Vec<Tensor> = (0..n)
-                .step_by(500)
-                .map(|start| self.net.features(&images.narrow(0, start, 500.min(n - start)), false).to_kind(Kind::Double))
-                .collect();
-            Tensor::cat(&chunks, 0)
-        })
+        tch::no_grad(|| Tensor::cat(&by_rows(images, |rows| self.net.features(rows, false).to_kind(Kind::Double)), 0))
     }
 
     /// The judge's label `[N]` for each row of features `[N, F]`.
@@ -383,9 +377,9 @@ pub fn score_samples(
     tch::manual_seed(seed as i64);
     let draw = |n: i64, label: Option<i64>| -> Result<Tensor, JudgeError> {
         let chunks = (0..n)
-            .step_by(500)
+            .step_by(PASS_ROWS as usize)
             .map(|start| {
-                let rows = 500.min(n - start);
+                let rows = PASS_ROWS.min(n - start);
                 tch::no_grad(|| codes.draw(loaded, rows, label, temperature))
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -440,11 +434,10 @@ fn profile(
     model: &LoadedModel,
 ) -> BTreeMap<String, LabelProfile> {
     let as_vec = |t: Tensor| Vec::<i64>::try_from(t.to_device(Device::Cpu)).expect("integer labels");
-    let n = images.size()[0];
-    let chunks: Option<Vec<Tensor>> = (0..n)
-        .step_by(500)
-        .map(|start| tch::no_grad(|| model.model.classify(&images.narrow(0, start, 500.min(n - start)), false)).map(|l| l.argmax(1, false)))
-        .collect();
+    let chunks: Option<Vec<Tensor>> =
+        by_rows(images, |rows| tch::no_grad(|| model.model.classify(rows, false)).map(|logits| logits.argmax(1, false)))
+            .into_iter()
+            .collect();
     let model_says = chunks.map(|chunks| as_vec(Tensor::cat(&chunks, 0)));
     let ink =
         Vec::<f64>::try_from(images.sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double).to_device(Device::Cpu)).expect("float ink");

@@ -468,6 +468,16 @@ pub fn train_and_publish(
     Ok(Published { name: request.name.clone(), version, path, metrics, history: trained.history })
 }
 
+/// Rows that a pass over a whole image set (the judge's features, classifying, encoding, drawing
+/// samples) takes at a time, so that its memory stays bounded whatever the set's size.
+pub(crate) const PASS_ROWS: i64 = 500;
+
+/// `pass` over `images` `[N, ...]`, `PASS_ROWS` rows at a time, in order.
+pub(crate) fn by_rows<T>(images: &Tensor, mut pass: impl FnMut(&Tensor) -> T) -> Vec<T> {
+    let n = images.size()[0];
+    (0..n).step_by(PASS_ROWS as usize).map(|start| pass(&images.narrow(0, start, PASS_ROWS.min(n - start)))).collect()
+}
+
 /// Samples a published model is scored on: as many as the MNIST test set, as the Fréchet
 /// distance is usually measured.
 pub const SCORED_SAMPLES: i64 = 10_000;
