@@ -41,6 +41,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up: the variants' sizes cost nothing worth boxing for.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the HTTP service.
     Serve(ServeArgs),
