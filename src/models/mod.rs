@@ -163,6 +163,12 @@ pub struct ModelConfig {
     pub label_in_decoder_stages: bool,
     /// Semi-supervised only: p(z) shared by every label, or p(z|y) learned per label.
     pub prior: Prior,
+    /// Semi-supervised only: weight λ of the maximum mean discrepancy between the training codes
+    /// with their labels, q(z, y), and the prior's draws for the same labels (InfoVAE, Zhao et al.
+    /// 2019). The per-image KL pulls each code towards the prior but leaves holes where no
+    /// image of a label lies; this pulls each label's codes as a whole to fill its prior, so a
+    /// clamped label's prior draw lands where the decoder learned to draw that label.
+    pub code_match_weight: f64,
 }
 
 impl Default for ModelConfig {
@@ -187,6 +193,7 @@ impl Default for ModelConfig {
             label_in_encoder: false,
             label_in_decoder_stages: false,
             prior: Prior::Standard,
+            code_match_weight: 0.0,
         }
     }
 }
@@ -214,9 +221,11 @@ impl ModelConfig {
                 return fail(format!("conv: {stages} stages halve the image {stages} times; {height}x{width} is too small for that"));
             }
         }
-        for (name, weight) in
-            [("label_consistency_weight", self.label_consistency_weight), ("virtual_adversarial_weight", self.virtual_adversarial_weight)]
-        {
+        for (name, weight) in [
+            ("label_consistency_weight", self.label_consistency_weight),
+            ("virtual_adversarial_weight", self.virtual_adversarial_weight),
+            ("code_match_weight", self.code_match_weight),
+        ] {
             if !(weight.is_finite() && weight >= 0.0) {
                 return fail(format!("{name} {weight} must be finite and ≥ 0"));
             }

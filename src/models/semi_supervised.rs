@@ -19,6 +19,9 @@
 //! draw the class it is given, so z cannot override y when sampling. It decodes
 //! `label_consistency_draws` prior codes per step (by default as many as the batch has images).
 //!
+//! With λ > 0 (`code_match_weight`), training adds λ·MMD² between each label's training codes
+//! and that label's prior draws (`LabelledCodes`), so the codes fill the prior label by label.
+//!
 //! With a virtual adversarial weight > 0, training adds KL(q(y|x) ‖ q(y|x + r_adv)) for every
 //! image (`virtual_adversarial`), or only every unlabelled one (`SmoothedImages`): the
 //! classifier, trained on 100 labels, is what decides which class the decoder learns from each
@@ -237,7 +240,7 @@ pub fn objective(
     };
 
     // Reconstruction and KL with the true label (labelled) or per the unlabelled objective.
-    let (reconstruction, kl, label_terms) = match config.unlabeled_objective {
+    let (reconstruction, kl, label_terms, codes) = match config.unlabeled_objective {
         UnlabeledObjective::Marginalize => {
             let pairs = LabelPairs::new(&log_probs, labels, labels_per_image(config, train));
             let (z, posterior) = if config.label_in_encoder {
@@ -250,22 +253,25 @@ pub fn objective(
             };
             let kl = kl_to_prior(&posterior, model.prior(&pairs.onehots).as_ref());
             let nll = nll_of(&z, &pairs.onehots, &images.index_select(0, &pairs.rows));
-            (pairs.per_image(&nll), pairs.per_image(&kl), pairs.neg_entropy)
+            let codes = LabelledCodes { weights: pairs.weights.flatten(0, -1), labels: pairs.onehots.shallow_clone(), codes: z };
+            (pairs.per_image(&nll), pairs.per_image(&kl), pairs.neg_entropy, codes)
         }
         UnlabeledObjective::PredictedLabel => {
             let y = true_onehot.where_self(&labelled.unsqueeze(1), &log_probs.exp());
             let (z, kl) = encoded_with(images, &y);
-            (nll_of(&z, &y, images), kl, Tensor::zeros([batch], (Kind::Float, images.device())))
+            let nll = nll_of(&z, &y, images);
+            let codes = LabelledCodes { weights: Tensor::ones([batch], (Kind::Float, images.device())), labels: y, codes: z };
+            (nll, kl, Tensor::zeros([batch], (Kind::Float, images.device())), codes)
         }
     };
-    let no_smoothing = || Tensor::zeros([], (Kind::Float, images.device()));
+    let zero = || Tensor::zeros([], (Kind::Float, images.device()));
     let smoothing = if learns(train, &logits) && config.virtual_adversarial_weight > 0.0 {
         let view = classifier_view.unwrap_or(images);
         let divergence = match config.virtual_adversarial_images {
             SmoothedImages::All => virtual_adversarial(model, view, &log_probs, config.virtual_adversarial_radius),
             // The row count sets the passes' shapes: one host sync per step.
             SmoothedImages::Unlabelled => match labels.lt(0).nonzero().squeeze_dim(1) {
-                rows if rows.size()[0] == 0 => no_smoothing(),
+                rows if rows.size()[0] == 0 => zero(),
                 rows => virtual_adversarial(
                     model,
                     &view.index_select(0, &rows),
@@ -276,7 +282,7 @@ pub fn objective(
         };
         divergence * config.virtual_adversarial_weight
     } else {
-        no_smoothing()
+        zero()
     };
     let cross_entropy = -log_probs.gather(1, &safe_labels.unsqueeze(1), false).squeeze_dim(1);
     let n_labelled = labelled.sum(Kind::Float).clamp_min(1.0);
@@ -285,8 +291,16 @@ pub fn objective(
     let reconstruction_mean = (&reconstruction + &label_terms).mean(Kind::Float);
     let kl_mean = kl.mean(Kind::Float);
     let negative_elbo = &reconstruction_mean + &kl_mean + log_k;
-    let loss =
-        &reconstruction_mean + &kl_mean * kl_weight + &classification * config.classifier_weight * (n_labelled / batch as f64) + smoothing;
+    let code_match = if learns(train, &codes.codes) && config.code_match_weight > 0.0 {
+        codes.mismatch_with_prior(model) * config.code_match_weight
+    } else {
+        zero()
+    };
+    let loss = &reconstruction_mean
+        + &kl_mean * kl_weight
+        + &classification * config.classifier_weight * (n_labelled / batch as f64)
+        + smoothing
+        + code_match;
     BatchObjective { loss, negative_elbo, reconstruction: reconstruction_mean, kl: kl_mean, classification: Some(classification) }
 }
 
@@ -345,6 +359,41 @@ impl LabelPairs {
     /// Σ over each image's pairs of weight · `per_pair` (`[B·m]`), `[B]`.
     fn per_image(&self, per_pair: &Tensor) -> Tensor {
         (per_pair.view_as(&self.weights) * &self.weights).sum_dim_intlist(1, false, Kind::Float)
+    }
+}
+
+/// A training batch's codes, each drawn from q(z|x, y) for one (image, label) pair, with the
+/// pair's label (one-hot, or q(y|x) for the predicted-label objective) and its weight in the bound.
+struct LabelledCodes {
+    codes: Tensor,
+    labels: Tensor,
+    weights: Tensor,
+}
+
+impl LabelledCodes {
+    /// Squared maximum mean discrepancy between the codes with their labels, q(z, y), and the
+    /// prior's draws for the same labels, p(z|y)·q(y), under the kernel k_z(z, z')·⟨y, y'⟩: for
+    /// one-hot labels, each label's codes against that label's prior draws. k_z is the inverse
+    /// multiquadric summed over scales, as the Wasserstein autoencoder uses it (Tolstikhin et al.
+    /// 2018): heavy-tailed, so codes far out still feel the pull. The weights and labels are held
+    /// fixed: this shapes where codes lie, not what the classifier believes. The kernels grow with
+    /// the square of the pairs: with the conv recipe's 400 pairs a step, epochs took 14–35% longer.
+    fn mismatch_with_prior(&self, model: &dyn Vae) -> Tensor {
+        const SCALES: [f64; 7] = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+        let (labels, weights) = (self.labels.detach(), self.weights.detach());
+        let weights = &weights / weights.sum(Kind::Float).clamp_min(f64::MIN_POSITIVE);
+        let drawn = super::codes_from_noise(model, &self.codes.randn_like(), Some(&labels));
+        let same_label = labels.matmul(&labels.tr());
+        let base = 2.0 * self.codes.size()[1] as f64;
+        let mean_kernel = |a: &Tensor, b: &Tensor| {
+            let squared_distances = (a.square().sum_dim_intlist(1, true, Kind::Float)
+                + b.square().sum_dim_intlist(1, true, Kind::Float).tr()
+                - a.matmul(&b.tr()) * 2.0)
+                .clamp_min(0.0);
+            let kernel = SCALES.iter().map(|scale| (&squared_distances + base * scale).reciprocal() * (base * scale)).sum::<Tensor>();
+            (kernel * &same_label).matmul(&weights).dot(&weights)
+        };
+        mean_kernel(&self.codes, &self.codes) + mean_kernel(&drawn, &drawn) - mean_kernel(&self.codes, &drawn) * 2.0
     }
 }
 
@@ -458,8 +507,9 @@ mod tests {
     fn regularisers_stay_out_of_the_batch_norm_statistics_pass() {
         let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
         let none = Tensor::full([8], -1, (Kind::Int64, tch::Device::Cpu));
-        let (_vars, model) =
-            small_model(Architecture::SemiSupervised, |c| (c.virtual_adversarial_weight, c.label_consistency_weight) = (1.0, 1.0));
+        let (_vars, model) = small_model(Architecture::SemiSupervised, |c| {
+            (c.virtual_adversarial_weight, c.label_consistency_weight, c.code_match_weight) = (1.0, 1.0, 1.0)
+        });
         // What the loss holds beyond the bound's terms (no labels here, so no cross-entropy);
         // computed within one pass, so other tests drawing random numbers cannot change it.
         let regularisers = || {
@@ -469,6 +519,35 @@ mod tests {
         // The fixed-point pass: training mode, no gradients; the regularisers would add passes.
         assert!(tch::no_grad(regularisers).abs() < 1e-3);
         assert!(regularisers() > 1e-2, "learning adds them");
+    }
+
+    #[test]
+    fn code_matching_sees_each_labels_codes_against_that_labels_prior() {
+        tch::manual_seed(0);
+        let (_vars, model) = small_model(Architecture::SemiSupervised, |c| c.code_match_weight = 1.0);
+        let n = 512;
+        let labels = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).remainder(2);
+        let mismatch = |codes: Tensor| {
+            let labelled = LabelledCodes {
+                codes,
+                labels: labels.one_hot(model.config().num_classes()).to_kind(Kind::Float),
+                weights: Tensor::ones([n], (Kind::Float, tch::Device::Cpu)),
+            };
+            labelled.mismatch_with_prior(&model).double_value(&[])
+        };
+        let from_the_prior = mismatch(Tensor::randn([n, 4], (Kind::Float, tch::Device::Cpu)));
+        // Label 0's codes on one side of the first axis, label 1's on the other: together they are
+        // N(0, I), each label alone is not.
+        let halves = Tensor::randn([n, 4], (Kind::Float, tch::Device::Cpu));
+        let sign = (labels.to_kind(Kind::Float) * -2.0 + 1.0).unsqueeze(1);
+        let first_axis = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 0.0]).unsqueeze(0);
+        let split = &halves - &halves * &first_axis + halves.abs() * &first_axis * &sign;
+        let shifted = Tensor::randn([n, 4], (Kind::Float, tch::Device::Cpu)) + 2.0;
+        let (split, shifted) = (mismatch(split), mismatch(shifted));
+        // Measured over five seeds: 0.011–0.016 (the estimate's own bias), 0.10–0.14 and 1.31–1.34.
+        assert!(from_the_prior.abs() < 0.03, "codes drawn from the prior: {from_the_prior}");
+        assert!(split > 0.07 && split > 3.0 * from_the_prior.abs(), "labels split across the prior: {split} against {from_the_prior}");
+        assert!(shifted > 5.0 * split, "codes off the prior altogether: {shifted} against {split}");
     }
 
     #[test]

@@ -135,6 +135,10 @@ pub struct TrainArgs {
     /// Semi-supervised: the prior over codes, N(0, I) for every label or learned per label.
     #[arg(long, value_enum)]
     pub prior: Option<Prior>,
+    /// Semi-supervised: weight λ of the discrepancy between each label's training codes and its
+    /// prior draws (0: off).
+    #[arg(long)]
+    pub code_match_weight: Option<f64>,
     /// Semi-supervised: random whole-pixel shifts, up to this many pixels per axis, of what the
     /// classifier sees while training (0: off).
     #[arg(long)]
@@ -191,6 +195,7 @@ impl TrainArgs {
         set(&mut model, "label_in_encoder", self.label_in_encoder.as_ref().map(json_of));
         set(&mut model, "label_in_decoder_stages", self.label_in_decoder_stages.as_ref().map(json_of));
         set(&mut model, "prior", self.prior.as_ref().map(json_of));
+        set(&mut model, "code_match_weight", self.code_match_weight.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
             LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
