@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::augment::shift;
 use super::codes::{CodeSource, Codes};
-use super::{by_rows, PASS_ROWS};
+use super::{by_rows, passes};
 use crate::data::{shuffled_indices, Dataset, Splits};
 use crate::models::{ImageShape, LoadedModel, ModelError};
 
@@ -376,13 +376,8 @@ pub fn score_samples(
     }
     tch::manual_seed(seed as i64);
     let draw = |n: i64, label: Option<i64>| -> Result<Tensor, JudgeError> {
-        let chunks = (0..n)
-            .step_by(PASS_ROWS as usize)
-            .map(|start| {
-                let rows = PASS_ROWS.min(n - start);
-                tch::no_grad(|| codes.draw(loaded, rows, label, temperature))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let chunks =
+            passes(n).map(|(_, rows)| tch::no_grad(|| codes.draw(loaded, rows, label, temperature))).collect::<Result<Vec<_>, _>>()?;
         Ok(Tensor::cat(&chunks, 0))
     };
     // Features of every sample, computed once: the labels and the Fréchet distance both read them.

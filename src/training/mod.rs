@@ -472,10 +472,14 @@ pub fn train_and_publish(
 /// samples) takes at a time, so that its memory stays bounded whatever the set's size.
 pub(crate) const PASS_ROWS: i64 = 500;
 
+/// `(start, rows)` of each pass over `n` rows, `PASS_ROWS` at a time, in order.
+pub(crate) fn passes(n: i64) -> impl Iterator<Item = (i64, i64)> {
+    (0..n).step_by(PASS_ROWS as usize).map(move |start| (start, PASS_ROWS.min(n - start)))
+}
+
 /// `pass` over `images` `[N, ...]`, `PASS_ROWS` rows at a time, in order.
 pub(crate) fn by_rows<T>(images: &Tensor, mut pass: impl FnMut(&Tensor) -> T) -> Vec<T> {
-    let n = images.size()[0];
-    (0..n).step_by(PASS_ROWS as usize).map(|start| pass(&images.narrow(0, start, PASS_ROWS.min(n - start)))).collect()
+    passes(images.size()[0]).map(|(start, rows)| pass(&images.narrow(0, start, rows))).collect()
 }
 
 /// Samples a published model is scored on: as many as the MNIST test set, as the Fréchet
