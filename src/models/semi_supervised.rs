@@ -292,7 +292,7 @@ pub fn objective(
     let kl_mean = kl.mean(Kind::Float);
     let negative_elbo = &reconstruction_mean + &kl_mean + log_k;
     let code_match = if learns(train, &codes.codes) && config.code_match_weight > 0.0 {
-        codes.mismatch_with_prior(model) * config.code_match_weight
+        codes.mismatch_with_prior(model, config.code_match_min_weight) * config.code_match_weight
     } else {
         zero()
     };
@@ -378,9 +378,11 @@ impl LabelledCodes {
     /// 2018): heavy-tailed, so codes far out still feel the pull. The weights and labels are held
     /// fixed: this shapes where codes lie, not what the classifier believes. The kernels grow with
     /// the square of the pairs: with the conv recipe's 400 pairs a step, epochs took 14–35% longer.
-    fn mismatch_with_prior(&self, model: &dyn Vae) -> Tensor {
+    /// Pairs weighing less than `min_weight` are left out.
+    fn mismatch_with_prior(&self, model: &dyn Vae, min_weight: f64) -> Tensor {
         const SCALES: [f64; 7] = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
         let (labels, weights) = (self.labels.detach(), self.weights.detach());
+        let weights = &weights * weights.ge(min_weight).to_kind(Kind::Float);
         let weights = &weights / weights.sum(Kind::Float).clamp_min(f64::MIN_POSITIVE);
         let drawn = super::codes_from_noise(model, &self.codes.randn_like(), Some(&labels));
         let same_label = labels.matmul(&labels.tr());
@@ -533,7 +535,7 @@ mod tests {
                 labels: labels.one_hot(model.config().num_classes()).to_kind(Kind::Float),
                 weights: Tensor::ones([n], (Kind::Float, tch::Device::Cpu)),
             };
-            labelled.mismatch_with_prior(&model).double_value(&[])
+            labelled.mismatch_with_prior(&model, 0.0).double_value(&[])
         };
         let from_the_prior = mismatch(Tensor::randn([n, 4], (Kind::Float, tch::Device::Cpu)));
         // Label 0's codes on one side of the first axis, label 1's on the other: together they are
@@ -549,6 +551,25 @@ mod tests {
         assert!(from_the_prior.abs() < 0.03, "codes drawn from the prior: {from_the_prior}");
         assert!(split > 0.07 && split > 3.0 * from_the_prior.abs(), "labels split across the prior: {split} against {from_the_prior}");
         assert!(shifted > 5.0 * split, "codes off the prior altogether: {shifted} against {split}");
+    }
+
+    #[test]
+    fn code_matching_leaves_out_the_pairs_below_its_minimum_weight() {
+        tch::manual_seed(0);
+        let (_vars, model) = small_model(Architecture::SemiSupervised, |c| c.code_match_weight = 1.0);
+        let n = 512;
+        // The sure half lies as the prior has it; the unsure half, weighing 0.3 each, lies off it.
+        let sure = Tensor::arange(n, (Kind::Int64, tch::Device::Cpu)).lt(n / 2);
+        let codes = Tensor::randn([n, 4], (Kind::Float, tch::Device::Cpu)) + sure.logical_not().to_kind(Kind::Float).unsqueeze(1) * 3.0;
+        let codes = LabelledCodes {
+            codes,
+            labels: Tensor::zeros([n], (Kind::Int64, tch::Device::Cpu)).one_hot(model.config().num_classes()).to_kind(Kind::Float),
+            weights: sure.to_kind(Kind::Float) * 0.7 + 0.3,
+        };
+        let (every_pair, sure_pairs) =
+            (codes.mismatch_with_prior(&model, 0.0).double_value(&[]), codes.mismatch_with_prior(&model, 0.5).double_value(&[]));
+        assert!(sure_pairs.abs() < 0.03, "only the codes drawn from the prior: {sure_pairs}");
+        assert!(every_pair > 5.0 * sure_pairs.abs(), "the shifted codes count: {every_pair} against {sure_pairs}");
     }
 
     #[test]
