@@ -169,11 +169,6 @@ pub struct ModelConfig {
     /// image of a label lies; this pulls each label's codes as a whole to fill its prior, so a
     /// clamped label's prior draw lands where the decoder learned to draw that label.
     pub code_match_weight: f64,
-    /// Semi-supervised only: (image, label) pairs whose weight in the bound is below this take no
-    /// part in that match. Labelled images weigh 1 on their label, so they always do; above 0,
-    /// only the codes of images the classifier is sure of are pulled, so the match cannot settle
-    /// the label of an image the classifier is still unsure about.
-    pub code_match_min_weight: f64,
 }
 
 impl Default for ModelConfig {
@@ -199,7 +194,6 @@ impl Default for ModelConfig {
             label_in_decoder_stages: false,
             prior: Prior::Standard,
             code_match_weight: 0.0,
-            code_match_min_weight: 0.0,
         }
     }
 }
@@ -238,9 +232,6 @@ impl ModelConfig {
             if weight > 0.0 && !self.architecture.is_semi_supervised() {
                 return fail(format!("{name}: only semi-supervised models have a classifier for it"));
             }
-        }
-        if !(0.0..=1.0).contains(&self.code_match_min_weight) {
-            return fail(format!("code_match_min_weight {} must be in 0..=1", self.code_match_min_weight));
         }
         if !(self.virtual_adversarial_radius.is_finite() && self.virtual_adversarial_radius > 0.0) {
             return fail(format!("virtual_adversarial_radius {} must be finite and > 0", self.virtual_adversarial_radius));
