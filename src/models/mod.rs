@@ -169,12 +169,6 @@ pub struct ModelConfig {
     /// image of a label lies; this pulls each label's codes as a whole to fill its prior, so a
     /// clamped label's prior draw lands where the decoder learned to draw that label.
     pub code_match_weight: f64,
-    /// Semi-supervised only: whether the bound on unlabelled images trains the classifier too.
-    /// In M2 it does: q(y|x) moves towards the label whose reconstruction and KL cost least.
-    /// Off, the classifier learns from the labels, the smoothing and label consistency alone, and
-    /// the bound only weighs each label by what q(y|x) says, so whatever shapes the codes (code
-    /// matching, a label-conditional prior) cannot teach the classifier a confusion.
-    pub bound_trains_classifier: bool,
 }
 
 impl Default for ModelConfig {
@@ -200,7 +194,6 @@ impl Default for ModelConfig {
             label_in_decoder_stages: false,
             prior: Prior::Standard,
             code_match_weight: 0.0,
-            bound_trains_classifier: true,
         }
     }
 }
@@ -257,9 +250,6 @@ impl ModelConfig {
                 "label_consistency_draws {}: 0 (one per image of the batch) or up to 100000",
                 self.label_consistency_draws
             ));
-        }
-        if !self.bound_trains_classifier && !self.architecture.is_semi_supervised() {
-            return fail("bound_trains_classifier: only semi-supervised models have a classifier for the bound to train".into());
         }
         if self.label_in_encoder && !self.architecture.is_semi_supervised() {
             return fail("label_in_encoder: only semi-supervised models have labels to encode".into());

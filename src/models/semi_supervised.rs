@@ -227,8 +227,6 @@ pub fn objective(
     let log_k = (k as f64).ln();
     let logits = model.classify(classifier_view.unwrap_or(images), train).expect("semi-supervised models classify");
     let log_probs = logits.log_softmax(1, Kind::Float);
-    // What the bound weighs each label by; held fixed unless the bound is to train the classifier.
-    let bound_log_probs = if config.bound_trains_classifier { log_probs.shallow_clone() } else { log_probs.detach() };
     let labelled = labels.ge(0);
     let safe_labels = labels.clamp_min(0);
     let true_onehot = safe_labels.one_hot(k).to_kind(Kind::Float);
@@ -244,7 +242,7 @@ pub fn objective(
     // Reconstruction and KL with the true label (labelled) or per the unlabelled objective.
     let (reconstruction, kl, label_terms, codes) = match config.unlabeled_objective {
         UnlabeledObjective::Marginalize => {
-            let pairs = LabelPairs::new(&bound_log_probs, labels, labels_per_image(config, train));
+            let pairs = LabelPairs::new(&log_probs, labels, labels_per_image(config, train));
             let (z, posterior) = if config.label_in_encoder {
                 let posterior = model.encode_pairs(images, &pairs.rows, &pairs.onehots, train);
                 (posterior.sample(), posterior)
@@ -259,7 +257,7 @@ pub fn objective(
             (pairs.per_image(&nll), pairs.per_image(&kl), pairs.neg_entropy, codes)
         }
         UnlabeledObjective::PredictedLabel => {
-            let y = true_onehot.where_self(&labelled.unsqueeze(1), &bound_log_probs.exp());
+            let y = true_onehot.where_self(&labelled.unsqueeze(1), &log_probs.exp());
             let (z, kl) = encoded_with(images, &y);
             let nll = nll_of(&z, &y, images);
             let codes = LabelledCodes { weights: Tensor::ones([batch], (Kind::Float, images.device())), labels: y, codes: z };
@@ -521,25 +519,6 @@ mod tests {
         // The fixed-point pass: training mode, no gradients; the regularisers would add passes.
         assert!(tch::no_grad(regularisers).abs() < 1e-3);
         assert!(regularisers() > 1e-2, "learning adds them");
-    }
-
-    #[test]
-    fn the_bound_on_unlabelled_images_trains_the_classifier_only_when_asked() {
-        let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, tch::Device::Cpu));
-        let none = Tensor::full([8], -1, (Kind::Int64, tch::Device::Cpu));
-        for architecture in ARCHITECTURES {
-            for objective in [UnlabeledObjective::Marginalize, UnlabeledObjective::PredictedLabel] {
-                for trains in [true, false] {
-                    let (vars, model) =
-                        small_model(architecture, |c| (c.unlabeled_objective, c.bound_trains_classifier) = (objective, trains));
-                    model.objective(&x, None, &none, 1.0, true).loss.backward();
-                    let classifier_learns = vars.variables().iter().any(|(name, v)| {
-                        name.starts_with("classifier") && v.grad().defined() && v.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0
-                    });
-                    assert_eq!(classifier_learns, trains, "{architecture:?}, {objective:?}, bound_trains_classifier = {trains}");
-                }
-            }
-        }
     }
 
     #[test]

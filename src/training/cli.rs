@@ -139,10 +139,6 @@ pub struct TrainArgs {
     /// prior draws (0: off).
     #[arg(long)]
     pub code_match_weight: Option<f64>,
-    /// Semi-supervised: whether the bound on unlabelled images trains the classifier too (true
-    /// or false).
-    #[arg(long)]
-    pub bound_trains_classifier: Option<bool>,
     /// Semi-supervised: random whole-pixel shifts, up to this many pixels per axis, of what the
     /// classifier sees while training (0: off).
     #[arg(long)]
@@ -200,7 +196,6 @@ impl TrainArgs {
         set(&mut model, "label_in_decoder_stages", self.label_in_decoder_stages.as_ref().map(json_of));
         set(&mut model, "prior", self.prior.as_ref().map(json_of));
         set(&mut model, "code_match_weight", self.code_match_weight.as_ref().map(json_of));
-        set(&mut model, "bound_trains_classifier", self.bound_trains_classifier.as_ref().map(json_of));
         let likelihood = self.likelihood.map(|kind| match kind {
             LikelihoodArg::Bernoulli => Likelihood::Bernoulli,
             LikelihoodArg::Gaussian => Likelihood::Gaussian { log_var: self.gaussian_log_var, learned: self.learn_variance },
