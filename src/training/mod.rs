@@ -470,7 +470,7 @@ pub fn train_and_publish(
 
 /// Rows that a pass over a whole image set (the judge's features, classifying, encoding, drawing
 /// samples) takes at a time, so that its memory stays bounded whatever the set's size.
-pub(crate) const PASS_ROWS: i64 = 500;
+const PASS_ROWS: i64 = 500;
 
 /// `(start, rows)` of each pass over `n` rows, `PASS_ROWS` at a time, in order.
 pub(crate) fn passes(n: i64) -> impl Iterator<Item = (i64, i64)> {
@@ -697,6 +697,13 @@ fn restore_checkpoint(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passes_cover_every_row_once_in_order() {
+        assert_eq!(passes(1201).collect::<Vec<_>>(), [(0, 500), (500, 500), (1000, 201)]);
+        assert_eq!(passes(500).collect::<Vec<_>>(), [(0, 500)]);
+        assert_eq!(passes(0).count(), 0);
+    }
 
     #[test]
     fn options_name_only_what_they_change_over_the_architectures_recipe() {
