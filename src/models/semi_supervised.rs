@@ -377,7 +377,7 @@ impl LabelledCodes {
     /// multiquadric summed over scales, as the Wasserstein autoencoder uses it (Tolstikhin et al.
     /// 2018): heavy-tailed, so codes far out still feel the pull. The weights and labels are held
     /// fixed: this shapes where codes lie, not what the classifier believes. The kernels grow with
-    /// the square of the pairs: with the conv recipe's 400 pairs a step, epochs took 14–35% longer.
+    /// the square of the pairs: with the conv recipe's 400 pairs a step, epochs took 22–35% longer.
     fn mismatch_with_prior(&self, model: &dyn Vae) -> Tensor {
         const SCALES: [f64; 7] = [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
         let (labels, weights) = (self.labels.detach(), self.weights.detach());
