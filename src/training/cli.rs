@@ -357,7 +357,7 @@ pub fn run_eval(global: &GlobalArgs, runtime: &TorchRuntime, args: &EvalArgs) ->
         Some(judge) => {
             let codes = Codes::of(args.codes, &loaded, &splits.train, args.mixture_components)?;
             let scores = judge::score_samples(&judge, &loaded, args.samples, args.temperature, args.seed, &codes)?;
-            (Some(scores), Some(judge::profile_test_images(&judge, &test, &loaded)))
+            (Some(scores), Some(judge::profile_test_images(&judge, &test, evaluation.predictions.as_deref())))
         }
         None => {
             let (weights, _) = judge::paths(&args.models_dir, &key);

@@ -392,7 +392,12 @@ pub fn score_samples(
         }
         let (images, features) = (Tensor::cat(&drawn, 0), Tensor::cat(&features, 0));
         let clamped = Tensor::arange(k, (Kind::Int64, images.device())).repeat_interleave_self_int(per_label, 0, None);
-        let profiles = profile(judge, &config.label_names, &features, &images, &clamped, loaded);
+        let chunks: Option<Vec<Tensor>> =
+            by_rows(&images, |rows| tch::no_grad(|| loaded.model.classify(rows, false)).map(|logits| logits.argmax(1, false)))
+                .into_iter()
+                .collect();
+        let model_says = chunks.map(|chunks| as_vec(&Tensor::cat(&chunks, 0)));
+        let profiles = profile(judge, &config.label_names, &features, &images, &clamped, model_says.as_deref());
         let per_label: BTreeMap<String, f64> = profiles.iter().map(|(name, p)| (name.clone(), p.kept as f64 / p.images as f64)).collect();
         let overall = per_label.values().sum::<f64>() / k as f64;
         (features, Some(LabelFidelity { overall, per_label, profiles }))
@@ -411,32 +416,30 @@ pub fn score_samples(
     })
 }
 
-/// The judge's profile of the test images, class by class (with the model's own classifier's
-/// verdict on the judge's misses when the model has one): what a real image of each class looks
-/// like to both, beside the profiles of the model's samples.
-pub fn profile_test_images(judge: &Judge, test: &Dataset, model: &LoadedModel) -> BTreeMap<String, LabelProfile> {
-    profile(judge, &judge.card.label_names, &judge.features(&test.images), &test.images, &test.labels, model)
+/// The judge's profile of the test images, class by class (with the verdicts of the model's own
+/// classifier on them, from its evaluation, when the model has one): what a real image of each
+/// class looks like to both, beside the profiles of the model's samples.
+pub fn profile_test_images(judge: &Judge, test: &Dataset, model_says: Option<&[i64]>) -> BTreeMap<String, LabelProfile> {
+    profile(judge, &judge.card.label_names, &judge.features(&test.images), &test.images, &test.labels, model_says)
 }
 
 /// Profiles per label (named `names`) of `images` `[N, C, H, W]` labelled `labels` `[N]`, from
-/// their judge features `[N, F]`.
+/// their judge features `[N, F]` and the model's verdicts on them, if it has a classifier.
 fn profile(
     judge: &Judge,
     names: &[String],
     features: &Tensor,
     images: &Tensor,
     labels: &Tensor,
-    model: &LoadedModel,
+    model_says: Option<&[i64]>,
 ) -> BTreeMap<String, LabelProfile> {
-    let as_vec = |t: Tensor| Vec::<i64>::try_from(t.to_device(Device::Cpu)).expect("integer labels");
-    let chunks: Option<Vec<Tensor>> =
-        by_rows(images, |rows| tch::no_grad(|| model.model.classify(rows, false)).map(|logits| logits.argmax(1, false)))
-            .into_iter()
-            .collect();
-    let model_says = chunks.map(|chunks| as_vec(Tensor::cat(&chunks, 0)));
     let ink =
         Vec::<f64>::try_from(images.sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Double).to_device(Device::Cpu)).expect("float ink");
-    tally(names, &as_vec(labels.shallow_clone()), &as_vec(judge.predict(features)), model_says.as_deref(), &ink)
+    tally(names, &as_vec(labels), &as_vec(&judge.predict(features)), model_says, &ink)
+}
+
+fn as_vec(labels: &Tensor) -> Vec<i64> {
+    Vec::<i64>::try_from(labels.to_device(Device::Cpu)).expect("integer labels")
 }
 
 /// Counts behind `profile`, per label, over parallel columns: the label, the judge's verdict, the
@@ -495,6 +498,7 @@ pub fn frechet_distance((mean1, cov1): &(Tensor, Tensor), (mean2, cov2): &(Tenso
 mod tests {
     use super::*;
     use crate::models;
+    use crate::training::eval;
 
     #[test]
     fn frechet_distance_of_diagonal_gaussians_has_its_closed_form() {
@@ -611,7 +615,8 @@ mod tests {
     fn the_judge_keeps_real_test_digits_of_every_class() {
         let (judge, shipped) = shipped_judge_and_model();
         let test = mnist_slice(10, 1000).test;
-        let profiles = profile_test_images(&judge, &test, &shipped);
+        let verdicts = eval::evaluate(&*shipped.model, &test, 500, 0).predictions;
+        let profiles = profile_test_images(&judge, &test, verdicts.as_deref());
         assert_eq!(profiles.values().map(|p| p.images).sum::<i64>(), 1000);
         for (label, profile) in &profiles {
             assert!(profile.kept as f64 >= 0.9 * profile.images as f64, "label {label}: {profile:?}");
