@@ -48,9 +48,11 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
     assert_eq!(unavailable.headers()["retry-after"], "5");
     assert_problem(unavailable, 503);
 
-    // Request ids: generated when absent, echoed when given.
-    let generated = http.get(server.url("/healthz")).send().unwrap();
-    assert_eq!(generated.headers()["x-request-id"].to_str().unwrap().len(), 36);
+    // Request ids: generated when absent (a fresh one each time), echoed when given.
+    let generated_id = || http.get(server.url("/healthz")).send().unwrap().headers()["x-request-id"].to_str().unwrap().to_string();
+    let (first, second) = (generated_id(), generated_id());
+    assert_eq!(first.len(), 36);
+    assert_ne!(first, second);
     let echoed = http.get(server.url("/healthz")).header("x-request-id", "test-id-42").send().unwrap();
     assert_eq!(echoed.headers()["x-request-id"], "test-id-42");
     assert!(server.log_contains("request_id=test-id-42"), "request id is in the logs");
@@ -74,7 +76,7 @@ fn health_metrics_errors_and_request_ids_without_a_model() {
     let metrics = http.get(server.url("/metrics")).send().unwrap();
     assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain; version=0.0.4"));
     let metrics = metrics.text().unwrap();
-    assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 4"), "{metrics}");
+    assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 5"), "{metrics}");
     assert!(metrics.contains("vae_http_requests_total{method=\"GET\",route=\"unmatched\",status=\"404\"} 1"), "{metrics}");
     assert!(metrics.contains("# TYPE vae_http_request_duration_seconds histogram"));
     assert!(metrics.contains("process_resident_memory_bytes"));
