@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark in one command: training against PyTorch eager and compiled (speed and
 # time-to-quality), serving against a FastAPI peer, POST /classify against TorchServe, FastAPI,
-# LitServe, MLServer and the cost of HTTP alone, and the memory soak. Writes bench/out/report.md and puts it into
+# LitServe, MLServer and the cost of HTTP alone, the CPU each request takes, and the memory soak. Writes bench/out/report.md and puts it into
 # BENCHMARKS.md between the `run_all` markers, with the machine, date and commit.
 #
 #   bench/run_all.sh [SOAK_MINUTES]      (about 45 minutes plus the soak on 2 cores)
@@ -29,6 +29,10 @@ dirty=$(git diff --quiet HEAD -- src bench || echo " plus uncommitted changes")
   echo "### POST /classify against the peers and the cost of HTTP alone (3 passes of 10 s)"
   echo
   bench/classify_peers.sh 3 10
+  echo
+  echo "### CPU per POST /classify at concurrency 64: wrk, HTTP, the model, against the floor (10 s)"
+  echo
+  bench/cpu_per_request.sh ./target/release/vae-serve 10
   echo
   echo "### Memory under $SOAK_MINUTES minutes of mixed load"
   echo
